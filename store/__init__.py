@@ -1,0 +1,58 @@
+"""The event log: a partitioned, memory-mapped Apache Arrow IPC store.
+
+Open it with `ArrowLog.open(DIR, Layout.from_classes({...}))`, read it from anywhere
+with `LogReader.open(DIR)`. `MemoryLog` is the same contract in memory.
+"""
+
+from store._contract import EventLog
+from store._errors import (
+    ConcurrencyError,
+    CorruptionError,
+    DataDirError,
+    LockedError,
+    SchemaError,
+    StorageFullError,
+    StoreError,
+    VersionConflict,
+)
+from store._frames import log_table, to_polars
+from store._layout import ENVELOPE_NAMES, EventType, Layout, PayloadField
+from store._log import ArrowLog, LogReader, partition_of
+from store._memory import MemoryLog
+from store._model import Fsync, LogConfig, NewEvent, Position, RecordedEvent
+from store._segment import Recovery
+from store._snapshots import Snapshot, SnapshotPolicy, SnapshotStore, fingerprint
+from store._verify import verify_log
+
+__all__ = [
+    "ENVELOPE_NAMES",
+    "ArrowLog",
+    "ConcurrencyError",
+    "CorruptionError",
+    "DataDirError",
+    "EventLog",
+    "EventType",
+    "Fsync",
+    "Layout",
+    "LockedError",
+    "LogConfig",
+    "LogReader",
+    "MemoryLog",
+    "NewEvent",
+    "PayloadField",
+    "Position",
+    "RecordedEvent",
+    "Recovery",
+    "SchemaError",
+    "Snapshot",
+    "SnapshotPolicy",
+    "SnapshotStore",
+    "StorageFullError",
+    "StoreError",
+    "VersionConflict",
+    "fingerprint",
+    "log_table",
+    "partition_of",
+    "to_polars",
+    "verify_log",
+]

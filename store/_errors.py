@@ -1,0 +1,87 @@
+"""The store's exceptions: one root, and every OS/Arrow error translated here.
+
+StoreError
+ ├── ConcurrencyError      an append whose versions do not follow the log
+ ├── LockedError           a second writer on a partition
+ ├── CorruptionError       a checksum or structure mismatch, with file and offset
+ ├── DataDirError          a data directory this version cannot read
+ ├── SchemaError           an event class the log cannot lay out
+ └── StorageFullError      the disk is full; the log stays readable
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class StoreError(Exception):
+    """Root of every error raised by `store`."""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionConflict:
+    """One aggregate whose appended events did not follow its last version."""
+
+    aggregate_id: str
+    expected: int
+    actual: int
+
+    def __str__(self) -> str:
+        return (
+            f"aggregate {self.aggregate_id!r}: expected version {self.expected} "
+            f"to follow, but the log is at version {self.actual}"
+        )
+
+
+class ConcurrencyError(StoreError):
+    """Some aggregates' events did not follow the log; nothing was written for those.
+
+    The events of every other aggregate in the batch were appended: their
+    positions are in `appended`, in the order they were given, with `None` for
+    the events of conflicting aggregates.
+    """
+
+    def __init__(self, conflicts: Sequence[VersionConflict], appended: Sequence[object]):
+        self.conflicts = tuple(conflicts)
+        self.appended = list(appended)
+        shown = "; ".join(str(c) for c in self.conflicts[:5])
+        more = f" (and {len(self.conflicts) - 5} more)" if len(self.conflicts) > 5 else ""
+        super().__init__(f"version conflict: {shown}{more}")
+
+
+class LockedError(StoreError):
+    """Another process holds the writer lock of a partition."""
+
+
+class CorruptionError(StoreError):
+    """A segment's bytes do not match their checksum or structure."""
+
+    def __init__(self, path: str, offset: int, reason: str):
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"{path} at byte {offset}: {reason}")
+
+
+class DataDirError(StoreError):
+    """A data directory this version of cqrsflow cannot read or write."""
+
+
+class SchemaError(StoreError):
+    """An event class whose fields cannot be laid out as log columns."""
+
+
+class StorageFullError(StoreError):
+    """The disk filled up during an append; nothing of that append is in the log."""
+
+
+def translate_os_error(err: OSError, what: str) -> StoreError:
+    """The one place an OSError becomes a StoreError with the fix in its message."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError(
+            f"{what}: the disk is full ({err.strerror}); free space and retry — "
+            "the log is unchanged and still readable"
+        )
+    return StoreError(f"{what}: {err.strerror or err}")

@@ -1,0 +1,419 @@
+"""The columnar layout of the log: envelope columns plus typed payload columns.
+
+One row is one event. The envelope columns are, in order:
+
+==================  =============================  ==========================================
+column              Arrow type (as read)           meaning
+==================  =============================  ==========================================
+position            int64                          gap-free offset within the partition, from 0
+aggregate_id        string                         the aggregate the event belongs to
+aggregate_type      dictionary<int8, string>       e.g. ``Account``
+version             int64                          the aggregate's version after the event, from 1
+event_type          dictionary<int16, string>      the event class's name, e.g. ``Deposited``
+event_id            fixed_size_binary(16)          a UUID
+command_id          string                         the command that caused the event
+correlation_id      string (nullable)              the business process it belongs to
+timestamp           timestamp[us, UTC]             when the event was decided
+==================  =============================  ==========================================
+
+After them come the payload columns, derived from the event classes' annotations
+(``int`` → int64, ``float`` → float64, ``bool``, ``str``, ``bytes``, ``datetime`` →
+timestamp[us, UTC], ``date`` → date32; ``X | None`` is the same column, nullable).
+A field becomes the column of its own name, shared by every event type that has a
+field of that name and type (so ``amount`` of ``Deposited`` and of ``Withdrawn`` is
+one column); a name that clashes with the envelope or with another type's field of a
+different type becomes ``EventType.field``. Fields with no Arrow type (lists, dicts,
+``Any``) are stored as msgpack bytes. Rows of other event types hold nulls there.
+
+On disk the two dictionary columns are stored as their integer codes, and the
+dictionaries live in the segment's schema metadata (key ``cqrsflow.layout``), so
+that every record batch can be decoded on its own at its byte offset; readers
+always see them as dictionary columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import operator
+import types
+import typing
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+import pyarrow as pa
+
+from store._errors import SchemaError
+from store._model import NewEvent, RecordedEvent
+
+FORMAT_VERSION = 1
+METADATA_KEY = b"cqrsflow.layout"
+
+ENVELOPE_NAMES = (
+    "position",
+    "aggregate_id",
+    "aggregate_type",
+    "version",
+    "event_type",
+    "event_id",
+    "command_id",
+    "correlation_id",
+    "timestamp",
+)
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+_AGG_CODE = pa.int8()
+_TYPE_CODE = pa.int16()
+_ENVELOPE_DISK = [
+    pa.field("position", pa.int64(), nullable=False),
+    pa.field("aggregate_id", pa.string(), nullable=False),
+    pa.field("aggregate_type", _AGG_CODE, nullable=False),
+    pa.field("version", pa.int64(), nullable=False),
+    pa.field("event_type", _TYPE_CODE, nullable=False),
+    pa.field("event_id", pa.binary(16), nullable=False),
+    pa.field("command_id", pa.string(), nullable=False),
+    pa.field("correlation_id", pa.string()),
+    pa.field("timestamp", TIMESTAMP, nullable=False),
+]
+_AGG_INDEX = ENVELOPE_NAMES.index("aggregate_type")
+_TYPE_INDEX = ENVELOPE_NAMES.index("event_type")
+
+_SCALARS: dict[Any, pa.DataType] = {
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+    str: pa.string(),
+    bytes: pa.binary(),
+    dt.datetime: TIMESTAMP,
+    dt.date: pa.date32(),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PayloadField:
+    """Where one field of one event type is stored."""
+
+    name: str
+    column: str
+    arrow_type: pa.DataType
+    msgpack: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventType:
+    """An event type as the log knows it: name, aggregate type, fields, and class if known."""
+
+    name: str
+    aggregate_type: str
+    fields: tuple[PayloadField, ...]
+    cls: type | None
+
+
+def _field_type(annotation: Any) -> tuple[pa.DataType, bool]:
+    """The Arrow type of an annotation and whether it falls back to msgpack."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(inner) == 1:
+            return _field_type(inner[0])
+        return pa.binary(), True
+    if annotation in _SCALARS:
+        return _SCALARS[annotation], False
+    return pa.binary(), True
+
+
+class Layout:
+    """The log's columns for a set of event classes, and the batch codec.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Deposited:
+    ...     amount: int
+    >>> layout = Layout.from_classes({"Account": [Deposited]})
+    >>> layout.read_schema.field("amount").type
+    DataType(int64)
+    """
+
+    def __init__(self, event_types: Sequence[EventType]):
+        self.event_types = tuple(event_types)
+        self.aggregate_types = tuple(dict.fromkeys(t.aggregate_type for t in self.event_types))
+        if len(self.aggregate_types) > 127:
+            raise SchemaError(f"{len(self.aggregate_types)} aggregate types: at most 127 fit")
+        if len(self.event_types) > 32767:
+            raise SchemaError(f"{len(self.event_types)} event types: at most 32767 fit")
+        self._type_code = {t.name: i for i, t in enumerate(self.event_types)}
+        self._agg_code = {a: i for i, a in enumerate(self.aggregate_types)}
+        self._code_by_class = {t.cls: i for i, t in enumerate(self.event_types) if t.cls}
+        self._agg_dictionary = pa.array(self.aggregate_types, pa.string())
+        self._type_dictionary = pa.array([t.name for t in self.event_types], pa.string())
+
+        columns: dict[str, pa.DataType] = {}
+        contributors: dict[str, list[tuple[int, str]]] = {}
+        for code, et in enumerate(self.event_types):
+            for f in et.fields:
+                columns.setdefault(f.column, f.arrow_type)
+                contributors.setdefault(f.column, []).append((code, f.name))
+        self.payload_columns = tuple(columns)
+        self._contributors = contributors
+        self._payload_types = columns
+        self._msgpack_columns = {
+            f.column for et in self.event_types for f in et.fields if f.msgpack
+        }
+        meta = {METADATA_KEY: self.to_json().encode()}
+        payload = [pa.field(c, t) for c, t in columns.items()]
+        self.disk_schema = pa.schema(_ENVELOPE_DISK + payload, metadata=meta)
+        read_envelope = list(_ENVELOPE_DISK)
+        read_envelope[_AGG_INDEX] = pa.field(
+            "aggregate_type", pa.dictionary(_AGG_CODE, pa.string()), nullable=False
+        )
+        read_envelope[_TYPE_INDEX] = pa.field(
+            "event_type", pa.dictionary(_TYPE_CODE, pa.string()), nullable=False
+        )
+        self.read_schema = pa.schema(read_envelope + payload, metadata=meta)
+        self._names = self.read_schema.names
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def from_classes(cls, aggregates: Mapping[str, Sequence[type]]) -> Layout:
+        """Derive the layout from event dataclasses grouped by aggregate type."""
+        found: list[tuple[str, str, type, list[tuple[str, pa.DataType, bool]]]] = []
+        seen: dict[str, str] = {}
+        for aggregate_type, classes in aggregates.items():
+            for event_cls in classes:
+                if not dataclasses.is_dataclass(event_cls):
+                    raise SchemaError(f"event class {event_cls!r}: expected a dataclass")
+                name = event_cls.__name__
+                if name in seen:
+                    raise SchemaError(
+                        f"event type {name!r} is declared for both {seen[name]!r} and "
+                        f"{aggregate_type!r}: event type names must be unique"
+                    )
+                seen[name] = aggregate_type
+                hints = typing.get_type_hints(event_cls)
+                fields = [
+                    (f.name, *_field_type(hints[f.name])) for f in dataclasses.fields(event_cls)
+                ]
+                found.append((aggregate_type, name, event_cls, fields))
+        # A field name gets its own column unless its type clashes with a column
+        # already claimed under that name (or with an envelope column).
+        claimed: dict[str, pa.DataType] = {}
+        event_types = []
+        for aggregate_type, name, event_cls, fields in found:
+            laid_out = []
+            for fname, arrow_type, packed in fields:
+                column = fname
+                if fname in ENVELOPE_NAMES or claimed.get(fname, arrow_type) != arrow_type:
+                    column = f"{name}.{fname}"
+                claimed.setdefault(column, arrow_type)
+                laid_out.append(PayloadField(fname, column, arrow_type, packed))
+            event_types.append(EventType(name, aggregate_type, tuple(laid_out), event_cls))
+        return cls(event_types)
+
+    @classmethod
+    def from_schema(cls, schema: pa.Schema) -> Layout:
+        """Rebuild the layout a segment was written with, without its classes."""
+        raw = (schema.metadata or {}).get(METADATA_KEY)
+        if raw is None:
+            raise SchemaError("schema has no cqrsflow layout metadata: not a cqrsflow segment")
+        doc = json.loads(raw)
+        if doc.get("format") != FORMAT_VERSION:
+            raise SchemaError(
+                f"segment layout format {doc.get('format')!r}: this version of cqrsflow "
+                f"reads format {FORMAT_VERSION}; upgrade cqrsflow to read this data"
+            )
+        by_column = {f.name: f.type for f in schema}
+        return cls(
+            [
+                EventType(
+                    et["name"],
+                    et["aggregate_type"],
+                    tuple(
+                        PayloadField(f["name"], f["column"], by_column[f["column"]], f["msgpack"])
+                        for f in et["fields"]
+                    ),
+                    None,
+                )
+                for et in doc["event_types"]
+            ]
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "event_types": [
+                    {
+                        "name": et.name,
+                        "aggregate_type": et.aggregate_type,
+                        "fields": [
+                            {"name": f.name, "column": f.column, "msgpack": f.msgpack}
+                            for f in et.fields
+                        ],
+                    }
+                    for et in self.event_types
+                ],
+            },
+            sort_keys=True,
+        )
+
+    def same_as(self, other: Layout) -> bool:
+        return bool(self.disk_schema.equals(other.disk_schema, check_metadata=True))
+
+    def with_classes(self, classes: Layout) -> Layout:
+        """This (on-disk) layout, decoding payloads with `classes`' event classes where names match."""
+        by_name = {et.name: et.cls for et in classes.event_types}
+        return Layout(
+            [dataclasses.replace(et, cls=by_name.get(et.name)) for et in self.event_types]
+        )
+
+    # -- encoding -----------------------------------------------------------
+
+    def encode(self, events: Sequence[NewEvent], first_position: int) -> pa.RecordBatch:
+        """Build one on-disk record batch from event objects, positions from `first_position`."""
+        n = len(events)
+        payloads = [e.payload for e in events]
+        code_of = self._code_by_class
+        try:
+            codes = [code_of[p.__class__] for p in payloads]
+        except KeyError:
+            bad = next(p for p in payloads if p.__class__ not in code_of)
+            raise SchemaError(
+                f"event payload {type(bad).__name__!r} is not one of this log's event "
+                f"classes ({', '.join(t.name for t in self.event_types)})"
+            ) from None
+        try:
+            agg_codes = [self._agg_code[e.aggregate_type] for e in events]
+        except KeyError:
+            bad_agg = next(
+                e.aggregate_type for e in events if e.aggregate_type not in self._agg_code
+            )
+            raise SchemaError(
+                f"aggregate_type {bad_agg!r}: expected one of {list(self.aggregate_types)}"
+            ) from None
+        arrays: list[pa.Array] = [
+            pa.array(np.arange(first_position, first_position + n, dtype=np.int64)),
+            pa.array([e.aggregate_id for e in events], pa.string()),
+            pa.array(agg_codes, _AGG_CODE),
+            pa.array([e.version for e in events], pa.int64()),
+            pa.array(codes, _TYPE_CODE),
+            pa.array([e.event_id.bytes for e in events], pa.binary(16)),
+            pa.array([e.command_id for e in events], pa.string()),
+            pa.array([e.correlation_id for e in events], pa.string()),
+            pa.array([e.timestamp for e in events], TIMESTAMP),
+        ]
+        if self.payload_columns:
+            arrays.extend(self._encode_payloads(payloads, codes))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.disk_schema)
+
+    def _encode_payloads(self, payloads: list[Any], codes: list[int]) -> list[pa.Array]:
+        n = len(payloads)
+        first = codes[0]
+        rows_by_code: dict[int, np.ndarray | None]
+        if codes.count(first) == n:  # the common case: a batch of one event type
+            rows_by_code = {first: None}
+        else:
+            code_array = np.asarray(codes, dtype=np.int16)
+            rows_by_code = {int(c): np.flatnonzero(code_array == c) for c in np.unique(code_array)}
+        objects: dict[int, list[Any]] = {}
+        for code, rows in rows_by_code.items():
+            objects[code] = payloads if rows is None else [payloads[i] for i in rows.tolist()]
+        out = []
+        for column in self.payload_columns:
+            arrow_type = self._payload_types[column]
+            packed = column in self._msgpack_columns
+            present = [(c, f) for c, f in self._contributors[column] if c in objects]
+            if not present:
+                out.append(pa.nulls(n, arrow_type))
+                continue
+            values: list[Any] = []
+            for code, fname in present:
+                values.extend(map(operator.attrgetter(fname), objects[code]))
+            if packed:
+                values = [None if v is None else _packb(v, column) for v in values]
+            if len(present) == 1 and rows_by_code[present[0][0]] is None:
+                out.append(pa.array(values, arrow_type))
+                continue
+            # Scatter the present types' values into their rows with one vectorised
+            # take; every other row points at a trailing null.
+            index = np.full(n, len(values), dtype=np.int64)
+            start = 0
+            for code, _ in present:
+                rows = rows_by_code[code]
+                assert rows is not None
+                index[rows] = np.arange(start, start + len(rows))
+                start += len(rows)
+            values.append(None)
+            out.append(pa.array(values, arrow_type).take(pa.array(index)))
+        return out
+
+    # -- decoding -----------------------------------------------------------
+
+    def to_read(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Turn an on-disk batch into the batch readers see (dictionary columns)."""
+        columns = batch.columns
+        columns[_AGG_INDEX] = pa.DictionaryArray.from_arrays(
+            columns[_AGG_INDEX], self._agg_dictionary, safe=False
+        )
+        columns[_TYPE_INDEX] = pa.DictionaryArray.from_arrays(
+            columns[_TYPE_INDEX], self._type_dictionary, safe=False
+        )
+        return pa.RecordBatch.from_arrays(columns, schema=self.read_schema)
+
+    def decode(self, batch: pa.RecordBatch | pa.Table, partition: int) -> list[RecordedEvent]:
+        """Python event objects for the rows of a read batch (or table)."""
+        if batch.num_rows == 0:
+            return []
+        col = {name: batch.column(name) for name in batch.schema.names}
+        positions = col["position"].to_pylist()
+        agg_ids = col["aggregate_id"].to_pylist()
+        agg_types = col["aggregate_type"].cast(pa.string()).to_pylist()
+        versions = col["version"].to_pylist()
+        event_types = col["event_type"].cast(pa.string()).to_pylist()
+        event_ids = col["event_id"].to_pylist()
+        command_ids = col["command_id"].to_pylist()
+        correlation_ids = col["correlation_id"].to_pylist()
+        timestamps = col["timestamp"].cast(pa.int64()).to_pylist()
+        payload_values: dict[str, list[Any]] = {}
+        by_name = {et.name: et for et in self.event_types}
+        wanted = {f.column for name in set(event_types) for f in by_name[name].fields}
+        for column in wanted:
+            values = col[column].to_pylist()
+            if column in self._msgpack_columns:
+                values = [None if v is None else msgpack.unpackb(v) for v in values]
+            payload_values[column] = values
+        out = []
+        for i, name in enumerate(event_types):
+            et = by_name[name]
+            kwargs = {f.name: payload_values[f.column][i] for f in et.fields}
+            payload = et.cls(**kwargs) if et.cls is not None else kwargs
+            out.append(
+                RecordedEvent(
+                    partition=partition,
+                    position=positions[i],
+                    aggregate_id=agg_ids[i],
+                    aggregate_type=agg_types[i],
+                    version=versions[i],
+                    event_type=name,
+                    payload=payload,
+                    event_id=uuid.UUID(bytes=event_ids[i]),
+                    command_id=command_ids[i],
+                    timestamp=timestamps[i],
+                    correlation_id=correlation_ids[i],
+                )
+            )
+        return out
+
+
+def _packb(value: Any, column: str) -> bytes:
+    try:
+        return msgpack.packb(value)  # type: ignore[no-any-return]
+    except TypeError as err:
+        raise SchemaError(
+            f"payload field {column!r}: value {value!r} has no Arrow type and cannot be "
+            f"msgpack-encoded ({err}); use int, float, bool, str, bytes, datetime, date, "
+            "or lists and dicts of them"
+        ) from None

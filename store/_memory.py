@@ -1,0 +1,115 @@
+"""The in-memory event log: the executable specification of the log's contract.
+
+It keeps every append as one Arrow batch in a list and answers every question by
+looking at all of them. It is slow on purpose and short enough to read in one go;
+the conformance suite in ``tests/log_contract.py`` runs against it and against the
+Arrow log, so the two must agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from store._errors import ConcurrencyError, VersionConflict
+from store._layout import Layout
+from store._log import partition_of
+from store._model import NewEvent, Position, RecordedEvent
+
+
+class MemoryLog:
+    """A log held in memory; same behaviour as `ArrowLog`, none of its speed."""
+
+    def __init__(self, layout: Layout, partitions: int = 1):
+        self.layout = layout
+        self.partitions = partitions
+        self._batches: list[list[pa.RecordBatch]] = [[] for _ in range(partitions)]
+        self._versions: dict[str, int] = {}
+        self._where: dict[tuple[str, int], tuple[bytes, Position]] = {}
+
+    def watermarks(self) -> dict[int, int]:
+        return {p: sum(b.num_rows for b in batches) for p, batches in enumerate(self._batches)}
+
+    def append(self, events: Sequence[NewEvent]) -> list[Position]:
+        conflicts: dict[str, VersionConflict] = {}
+        existing: dict[int, Position] = {}
+        expected = dict(self._versions)
+        for i, e in enumerate(events):
+            last = expected.get(e.aggregate_id, 0)
+            known = self._where.get((e.aggregate_id, e.version))
+            if e.version == last + 1:
+                expected[e.aggregate_id] = e.version
+            elif known is not None and known[0] == e.event_id.bytes:
+                existing[i] = known[1]
+            elif e.aggregate_id not in conflicts:
+                conflicts[e.aggregate_id] = VersionConflict(e.aggregate_id, e.version, last)
+        positions: list[Position | None] = [None] * len(events)
+        by_partition: dict[int, list[int]] = {}
+        for i, e in enumerate(events):
+            if i not in existing and e.aggregate_id not in conflicts:
+                by_partition.setdefault(partition_of(e.aggregate_id, self.partitions), []).append(i)
+        for p, idx in by_partition.items():
+            first = self.watermarks()[p]
+            batch = self.layout.encode([events[i] for i in idx], first)
+            self._batches[p].append(self.layout.to_read(batch))
+            for offset, i in enumerate(idx):
+                e = events[i]
+                positions[i] = Position(p, first + offset)
+                self._versions[e.aggregate_id] = e.version
+                self._where[(e.aggregate_id, e.version)] = (
+                    e.event_id.bytes,
+                    Position(p, first + offset),
+                )
+        for i, position in existing.items():
+            positions[i] = position
+        if conflicts:
+            raise ConcurrencyError(list(conflicts.values()), positions)
+        return positions  # type: ignore[return-value]
+
+    def read_all(
+        self,
+        from_position: int | Mapping[int, int] = 0,
+        *,
+        event_types: Sequence[str] | None = None,
+        since: int | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        for p, batches in enumerate(self._batches):
+            start = from_position if isinstance(from_position, int) else from_position.get(p, 0)
+            for batch in batches:
+                keep = pc.greater_equal(batch.column("position"), start)
+                if event_types is not None:
+                    names = batch.column("event_type").cast(pa.string())
+                    keep = pc.and_(keep, pc.is_in(names, pa.array(list(event_types), pa.string())))
+                if since is not None:
+                    stamps = batch.column("timestamp").cast(pa.int64())
+                    keep = pc.and_(keep, pc.greater_equal(stamps, since))
+                kept = batch.filter(keep)
+                if kept.num_rows:
+                    yield kept
+
+    def read_stream(self, aggregate_id: str, from_version: int = 1) -> pa.Table:
+        p = partition_of(aggregate_id, self.partitions)
+        table = pa.Table.from_batches(self._batches[p], schema=self.layout.read_schema)
+        keep = pc.and_(
+            pc.equal(table.column("aggregate_id"), aggregate_id),
+            pc.greater_equal(table.column("version"), from_version),
+        )
+        return table.filter(keep)
+
+    def last_version(self, aggregate_id: str) -> int:
+        return self._versions.get(aggregate_id, 0)
+
+    def decode(self, data: pa.Table | pa.RecordBatch) -> list[RecordedEvent]:
+        table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
+        out: list[RecordedEvent] = []
+        for batch in table.to_batches():
+            for i in range(batch.num_rows):
+                row = batch.slice(i, 1)
+                p = partition_of(row.column("aggregate_id")[0].as_py(), self.partitions)
+                out.extend(self.layout.decode(row, p))
+        return out
+
+    def close(self) -> None:
+        """Nothing to release; here so both logs share one contract."""

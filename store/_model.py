@@ -1,0 +1,89 @@
+"""Value types of the event log: events in and out, positions, configuration."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append. `version` is the aggregate's version *after* this event.
+
+    `payload` is an instance of one of the event classes the log was opened
+    with; its class name is the event type. `timestamp` is UTC microseconds
+    since the epoch (an int, so that building a batch needs no datetime work).
+    """
+
+    aggregate_id: str
+    aggregate_type: str
+    version: int
+    payload: Any
+    event_id: uuid.UUID
+    command_id: str
+    timestamp: int
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event read back from the log, with the position it was stored at."""
+
+    partition: int
+    position: int
+    aggregate_id: str
+    aggregate_type: str
+    version: int
+    event_type: str
+    payload: Any
+    event_id: uuid.UUID
+    command_id: str
+    timestamp: int
+    correlation_id: str | None
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """Where an event is: a partition and its gap-free offset within it."""
+
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """Parse `partition:offset`, the form results and `--after` use."""
+        part, sep, off = text.partition(":")
+        if not sep or not part.isdigit() or not off.isdigit():
+            raise ValueError(f"position {text!r}: expected PARTITION:OFFSET, e.g. 0:1234")
+        return cls(int(part), int(off))
+
+
+class Fsync(enum.Enum):
+    """When appended bytes are forced to disk before `append` returns."""
+
+    ALWAYS = "always"  # every append batch (one fsync per partition touched)
+    INTERVAL = "interval"  # at most every `fsync_interval_ms`
+    NEVER = "never"  # leave it to the OS
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """How a log is laid out on disk and how hard it tries to be durable."""
+
+    partitions: int | None = None  # for a new log; None: as on disk, or 1 when new
+    segment_bytes: int = 64 * 1024 * 1024
+    fsync: Fsync = Fsync.ALWAYS
+    fsync_interval_ms: int = 100
+
+    def __post_init__(self) -> None:
+        if self.partitions is not None and self.partitions < 1:
+            raise ValueError(f"partitions={self.partitions}: expected at least 1")
+        if self.segment_bytes < 4096:
+            raise ValueError(f"segment_bytes={self.segment_bytes}: expected at least 4096")
+        if self.fsync_interval_ms < 1:
+            raise ValueError(f"fsync_interval_ms={self.fsync_interval_ms}: expected at least 1")

@@ -1,0 +1,433 @@
+"""One partition of the log: its segments, its writer lock, appends and reads.
+
+A partition is a directory of segments named by their first position. All but the
+last are sealed (immutable, with a persisted index); the last is the active one. One
+process at a time may write a partition, enforced by an exclusive ``flock`` on its
+``LOCK`` file; any number of readers may read it meanwhile.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from store._errors import (
+    LockedError,
+    VersionConflict,
+    translate_os_error,
+)
+from store._index import ActiveIndex, SealedIndex
+from store._layout import Layout
+from store._model import Fsync, LogConfig, NewEvent
+from store._segment import (
+    Recovery,
+    SegmentFiles,
+    SegmentReader,
+    SegmentWriter,
+    fsync_dir,
+    recover,
+)
+
+
+def list_segments(directory: Path) -> list[int]:
+    """First positions of the segments in a partition directory, in order."""
+    found = []
+    for name in os.listdir(directory):
+        stem, dot, ext = name.partition(".")
+        if dot and ext == "arrows" and stem.isdigit():
+            found.append(int(stem))
+    return sorted(found)
+
+
+class PartitionReader:
+    """Reads one partition; safe while another process writes it."""
+
+    def __init__(self, directory: Path, number: int, classes: Layout | None):
+        self.directory = directory
+        self.number = number
+        self.classes = classes
+        self.segments: list[SegmentReader] = []
+        self._sealed_indexes: dict[int, SealedIndex] = {}
+        self._versions: dict[str, int] | None = None
+        self._active_index = ActiveIndex()
+        self._active_indexed = 0  # batches of the active segment folded into the index
+        self._decoders: dict[int, Layout] = {}
+        self.refresh()
+
+    # -- segments -----------------------------------------------------------
+
+    def refresh(self) -> None:
+        """See segments and batches committed since the last call."""
+        known = {s.files.first_position for s in self.segments}
+        for first in list_segments(self.directory):
+            if first not in known:
+                if self.segments:
+                    self._seal_reader(self.segments[-1])
+                self.segments.append(SegmentReader(SegmentFiles(self.directory, first)))
+        for seg in self.segments:
+            seg.refresh()
+
+    def _seal_reader(self, seg: SegmentReader) -> None:
+        """The active segment was rotated: fold the rest of it into the index, then seal."""
+        seg.refresh()
+        if self._versions is not None:
+            self._fold_active(seg)
+        seg.sealed = True
+        self._active_index = ActiveIndex()
+        self._active_indexed = 0
+
+    @property
+    def next_position(self) -> int:
+        if not self.segments:
+            return 0
+        last = self.segments[-1]
+        return last.files.first_position + last.rows
+
+    def layout_of(self, seg: SegmentReader) -> Layout:
+        """The segment's own layout, decoding payloads with this reader's classes."""
+        assert seg.layout is not None
+        key = id(seg.layout)
+        found = self._decoders.get(key)
+        if found is None:
+            found = seg.layout.with_classes(self.classes) if self.classes else seg.layout
+            self._decoders[key] = found
+        return found
+
+    # -- full reads -----------------------------------------------------------
+
+    def batches(
+        self,
+        from_position: int = 0,
+        event_types: Sequence[str] | None = None,
+        since: int | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Committed batches from `from_position`, skipping batches by zone map."""
+        for seg in list(self.segments):
+            if seg.files.first_position + seg.rows <= from_position or not len(seg.entries):
+                continue
+            layout = self.layout_of(seg)
+            entries = seg.entries
+            wanted_codes = None
+            keep = np.ones(len(entries), dtype=bool)
+            if event_types is not None:
+                names = [et.name for et in layout.event_types]
+                wanted_codes = [names.index(t) for t in event_types if t in names]
+                mask = 0
+                for code in wanted_codes:
+                    mask |= 1 << (code % 64)
+                keep &= (entries["types"] & np.uint64(mask)) != 0
+            if since is not None:
+                keep &= entries["max_ts"] >= since
+            ends = entries["first_position"] + entries["count"].astype(np.int64)
+            keep &= ends > from_position
+            for i in np.flatnonzero(keep).tolist():
+                batch = seg.batch(i)
+                first = int(entries[i]["first_position"])
+                if first < from_position:
+                    batch = batch.slice(from_position - first)
+                if wanted_codes is not None:
+                    batch = batch.filter(
+                        pc.is_in(batch.column(4), pa.array(wanted_codes, pa.int16()))
+                    )
+                if since is not None:
+                    batch = batch.filter(
+                        pc.greater_equal(
+                            batch.column(8), pa.scalar(since, batch.schema.field(8).type)
+                        )
+                    )
+                if batch.num_rows:
+                    yield layout.to_read(batch)
+
+    # -- the per-aggregate index ---------------------------------------------
+
+    def _ensure_index(self) -> dict[str, int]:
+        if self._versions is None:
+            versions: dict[str, int] = {}
+            for seg in self.segments[:-1]:
+                ids, last = self._sealed_index(seg).items()
+                versions.update(zip(ids, last, strict=True))
+            self._versions = versions
+            if self.segments:
+                self._fold_active(self.segments[-1])
+        elif self.segments and self._active_indexed < len(self.segments[-1].entries):
+            self._fold_active(self.segments[-1])
+        return self._versions
+
+    def _fold_active(self, seg: SegmentReader) -> None:
+        assert self._versions is not None
+        for i in range(self._active_indexed, len(seg.entries)):
+            batch = seg.batch(i)
+            ids = batch.column(1).to_pylist()
+            self._active_index.add(ids, int(seg.starts[i]))
+            self._versions.update(zip(ids, batch.column(3).to_pylist(), strict=True))
+        self._active_indexed = len(seg.entries)
+
+    def _sealed_index(self, seg: SegmentReader) -> SealedIndex:
+        first = seg.files.first_position
+        found = self._sealed_indexes.get(first)
+        if found is None:
+            try:
+                found = SealedIndex(seg.files.index)
+            except (OSError, pa.ArrowException):
+                found = self._rebuild_index(seg)
+            self._sealed_indexes[first] = found
+        return found
+
+    def _rebuild_index(self, seg: SegmentReader) -> SealedIndex:
+        """A sealed segment without a readable index: derive it from the segment."""
+        index = ActiveIndex()
+        last: dict[str, int] = {}
+        for i in range(len(seg.entries)):
+            batch = seg.batch(i)
+            ids = batch.column(1).to_pylist()
+            index.add(ids, int(seg.starts[i]))
+            last.update(zip(ids, batch.column(3).to_pylist(), strict=True))
+        index.write(seg.files.index, last)
+        return SealedIndex(seg.files.index)
+
+    def last_version(self, aggregate_id: str) -> int:
+        return self._ensure_index().get(aggregate_id, 0)
+
+    def stream_rows(
+        self, aggregate_id: str, from_version: int
+    ) -> list[tuple[SegmentReader, np.ndarray]]:
+        """Segment rows of an aggregate's events with version >= from_version."""
+        versions = self._ensure_index()
+        last = versions.get(aggregate_id, 0)
+        if last < from_version:
+            return []
+        found: list[tuple[SegmentReader, np.ndarray]] = []
+        remaining = last - max(from_version, 1) + 1  # versions are gap-free
+        for seg in reversed(self.segments):
+            if seg is self.segments[-1]:
+                rows = self._active_index.lookup(aggregate_id)
+            else:
+                rows = self._sealed_index(seg).lookup(aggregate_id)
+            if not len(rows):
+                continue
+            if len(rows) >= remaining:
+                found.append((seg, rows[len(rows) - remaining :]))
+                break
+            found.append((seg, rows))
+            remaining -= len(rows)
+        found.reverse()
+        return found
+
+    def read_stream(self, aggregate_id: str, from_version: int = 1) -> list[pa.RecordBatch]:
+        out: list[pa.RecordBatch] = []
+        for seg, rows in self.stream_rows(aggregate_id, from_version):
+            layout = self.layout_of(seg)
+            out.extend(layout.to_read(b) for b in _take(seg, rows))
+        return out
+
+
+def _take(seg: SegmentReader, rows: np.ndarray) -> list[pa.RecordBatch]:
+    """Rows (ascending, segment-relative) gathered batch by batch."""
+    which = np.searchsorted(seg.starts, rows, side="right") - 1
+    cuts = np.flatnonzero(np.diff(which)) + 1
+    out = []
+    for group in np.split(np.arange(len(rows)), cuts):
+        b = int(which[group[0]])
+        local = rows[group] - seg.starts[b]
+        out.append(seg.batch(b).take(pa.array(local)))
+    return out
+
+
+class PartitionWriter:
+    """The single writer of one partition."""
+
+    def __init__(self, directory: Path, number: int, layout: Layout, config: LogConfig):
+        self.directory = directory
+        self.number = number
+        self.layout = layout
+        self.config = config
+        self.recoveries: list[Recovery] = []
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(directory, number)
+        try:
+            self._open()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._last_sync = time.monotonic()
+        self._dirty = False
+
+    def _open(self) -> None:
+        firsts = list_segments(self.directory)
+        writer: SegmentWriter | None = None
+        if firsts:
+            files = SegmentFiles(self.directory, firsts[-1])
+            if files.index.exists():
+                files.index.unlink()  # the index of a segment that is active again
+            on_disk, header_len, kept, report = recover(files)
+            if report:
+                self.recoveries.append(report)
+            if on_disk is None or (kept == 0 and not on_disk.same_as(self.layout)):
+                writer = SegmentWriter.create(files, self.layout)
+            else:
+                writer = SegmentWriter(files, on_disk, header_len=header_len, entries=kept)
+        else:
+            writer = SegmentWriter.create(SegmentFiles(self.directory, 0), self.layout)
+        self.reader = PartitionReader(self.directory, self.number, self.layout)
+        self.versions = self.reader._ensure_index()
+        self.active = writer
+        self.next_position = self.reader.next_position
+        if not writer.layout.same_as(self.layout):
+            self._rotate()  # the event classes changed: new segment, new schema
+
+    # -- appends --------------------------------------------------------------
+
+    def append(self, events: Sequence[NewEvent]) -> tuple[list[int | None], list[VersionConflict]]:
+        """Write the events that follow their aggregates' versions; not yet synced.
+
+        Returns a position per event (the existing one for an event already in the
+        log, None for an event of a conflicting aggregate) and the conflicts.
+        """
+        versions = self.versions
+        seen: dict[str, int] = {}
+        conflicts: dict[str, VersionConflict] = {}
+        existing: dict[int, int] = {}
+        for i, e in enumerate(events):
+            agg = e.aggregate_id
+            last = seen.get(agg)
+            if last is None:
+                last = versions.get(agg, 0)
+            if e.version == last + 1:
+                seen[agg] = e.version
+                continue
+            position = (
+                self._existing(agg, e.version, e.event_id.bytes) if e.version <= last else None
+            )
+            if position is not None:
+                existing[i] = position
+            elif agg not in conflicts:
+                conflicts[agg] = VersionConflict(agg, e.version, last)
+        if existing or conflicts:
+            keep = [
+                i
+                for i, e in enumerate(events)
+                if i not in existing and e.aggregate_id not in conflicts
+            ]
+            accepted = [events[i] for i in keep]
+            for agg in conflicts:
+                seen.pop(agg, None)
+        else:
+            keep = None
+            accepted = list(events)
+        first = self.next_position
+        if accepted:
+            self._write(accepted, first)
+            versions.update(seen)
+        if keep is None:
+            return list(range(first, first + len(events))), []
+        positions: list[int | None] = [None] * len(events)
+        for offset, i in enumerate(keep):
+            positions[i] = first + offset
+        for i, position in existing.items():
+            positions[i] = position
+        return positions, list(conflicts.values())
+
+    def _write(self, events: Sequence[NewEvent], first: int) -> None:
+        batch = self.layout.encode(events, first)
+        codes = batch.column(4).to_numpy()
+        timestamps = batch.column(8).cast(pa.int64()).to_numpy()
+        seg = self.active
+        first_row = first - seg.files.first_position
+        seg.append(batch, codes, timestamps)
+        self._dirty = True
+        self.reader._active_index.add((e.aggregate_id for e in events), first_row)
+        self.reader._active_indexed = seg.batches
+        self.next_position = first + len(events)
+        self.reader.segments[-1].refresh()
+        if seg.size >= self.config.segment_bytes:
+            self._rotate()
+
+    def _existing(self, aggregate_id: str, version: int, event_id: bytes) -> int | None:
+        """The position of this very event if it is already in the log."""
+        for seg, rows in self.reader.stream_rows(aggregate_id, version):
+            batch = _take(seg, rows[:1])[0]
+            if batch.column(5)[0].as_py() == event_id and batch.column(3)[0].as_py() == version:
+                return int(batch.column(0)[0].as_py())
+            return None
+        return None
+
+    def sync(self) -> None:
+        """Make every write so far durable, as the fsync policy asks."""
+        policy = self.config.fsync
+        if not self._dirty or policy is Fsync.NEVER:
+            return
+        now = time.monotonic()
+        if (
+            policy is Fsync.INTERVAL
+            and (now - self._last_sync) * 1000 < self.config.fsync_interval_ms
+        ):
+            return
+        self.active.sync()
+        self._last_sync = now
+        self._dirty = False
+
+    def flush(self) -> None:
+        """fsync now, whatever the policy."""
+        if self._dirty:
+            self.active.sync()
+            self._dirty = False
+
+    def _rotate(self) -> None:
+        """Seal the active segment (end marker, index) and start a new one."""
+        seg = self.active
+        reader_seg = self.reader.segments[-1]
+        if seg.batches == 0:
+            return self._replace_empty()
+        seg.seal()
+        self.reader._active_index.write(seg.files.index, self.versions)
+        fsync_dir(self.directory)
+        files = SegmentFiles(self.directory, self.next_position)
+        self.active = SegmentWriter.create(files, self.layout)
+        reader_seg.refresh()
+        self.reader.refresh()
+        self._dirty = False
+        return None
+
+    def _replace_empty(self) -> None:
+        files = self.active.files
+        self.active.close()
+        self.active = SegmentWriter.create(files, self.layout)
+        self.reader.segments[-1] = SegmentReader(files)
+        self.reader.segments[-1].refresh()
+
+    def close(self) -> None:
+        if self._lock_fd < 0:
+            return
+        try:
+            self.flush()
+        finally:
+            self.active.close()
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _lock(directory: Path, number: int) -> int:
+    path = directory / "LOCK"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise translate_os_error(err, f"opening {path}") from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LockedError(
+            f"partition {number} in {directory.parent} is already open for writing by "
+            f"another process (pid {holder}); stop it first, or open the log read-only"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd

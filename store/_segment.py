@@ -1,0 +1,397 @@
+"""One segment: an Arrow IPC stream file plus its batch directory.
+
+``<first position>.arrows`` is a plain Arrow IPC stream (schema message, one record
+batch message per append, and the end-of-stream marker once sealed), readable by any
+Arrow tool. ``<first position>.dir`` is the batch directory: one fixed-size entry per
+batch, written after the batch's bytes, holding where the batch is, its CRC-32, and
+its zone map (positions, time range, event types). An entry carries its own CRC, so a
+torn entry is as detectable as a torn batch.
+
+A batch exists once its directory entry does: readers look only at directory entries,
+so a reader tailing the active segment never sees a partial batch, and recovery keeps
+the longest prefix of entries whose bytes are all present and match their CRC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from store._errors import CorruptionError, translate_os_error
+from store._layout import Layout
+
+EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+_ENTRY = struct.Struct("<QIIqIqqQ")  # offset, length, crc, first_pos, count, min_ts, max_ts, types
+ENTRY_SIZE = _ENTRY.size + 4  # + the entry's own CRC
+ENTRY_DTYPE = np.dtype(
+    [
+        ("offset", "<u8"),
+        ("length", "<u4"),
+        ("crc", "<u4"),
+        ("first_position", "<i8"),
+        ("count", "<u4"),
+        ("min_ts", "<i8"),
+        ("max_ts", "<i8"),
+        ("types", "<u8"),
+        ("entry_crc", "<u4"),
+    ]
+)
+assert ENTRY_DTYPE.itemsize == ENTRY_SIZE
+
+
+def segment_name(first_position: int) -> str:
+    return f"{first_position:020d}"
+
+
+def type_mask(codes: np.ndarray) -> int:
+    """Bit (code mod 64) set for each event type code present."""
+    mask = np.bitwise_or.reduce(np.left_shift(np.uint64(1), (codes % 64).astype(np.uint64)))
+    return int(mask)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What opening a segment for writing had to cut off its tail."""
+
+    path: str
+    kept_batches: int
+    dropped_batches: int
+    truncated_bytes: int
+    reason: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path}: truncated a torn tail of {self.truncated_bytes} bytes "
+            f"({self.dropped_batches} uncommitted batch(es)): {self.reason}"
+        )
+
+
+class SegmentFiles:
+    """Paths of one segment's files."""
+
+    def __init__(self, directory: Path, first_position: int):
+        self.first_position = first_position
+        stem = directory / segment_name(first_position)
+        self.data = stem.with_suffix(".arrows")
+        self.dir = stem.with_suffix(".dir")
+        self.index = stem.with_suffix(".idx")
+
+
+def read_entries(files: SegmentFiles, start: int = 0) -> np.ndarray:
+    """The whole directory entries from the `start`-th on (not yet validated)."""
+    try:
+        with open(files.dir, "rb") as f:
+            f.seek(start * ENTRY_SIZE)
+            raw = f.read()
+    except FileNotFoundError:
+        return np.empty(0, ENTRY_DTYPE)
+    whole = len(raw) // ENTRY_SIZE
+    return np.frombuffer(raw, ENTRY_DTYPE, count=whole).copy()
+
+
+def entry_ok(entry: np.void) -> bool:
+    raw = entry.tobytes()
+    return zlib.crc32(raw[:-4]) == int(entry["entry_crc"])
+
+
+def header_bytes(layout: Layout) -> bytes:
+    return bytes(layout.disk_schema.serialize().to_pybytes())
+
+
+class SegmentWriter:
+    """Appends record batches to the active segment of a partition."""
+
+    def __init__(self, files: SegmentFiles, layout: Layout, *, header_len: int, entries: int):
+        self.files = files
+        self.layout = layout
+        self.header_len = header_len
+        self.batches = entries
+        try:
+            self._data_fd = os.open(files.data, os.O_WRONLY | os.O_APPEND)
+            self._dir_fd = os.open(files.dir, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise translate_os_error(err, f"opening segment {files.data}") from err
+        self.size = os.fstat(self._data_fd).st_size
+
+    @classmethod
+    def create(cls, files: SegmentFiles, layout: Layout) -> SegmentWriter:
+        header = header_bytes(layout)
+        try:
+            fd = os.open(files.data, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, header)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            files.dir.write_bytes(b"")
+            fsync_dir(files.data.parent)
+        except OSError as err:
+            raise translate_os_error(err, f"creating segment {files.data}") from err
+        return cls(files, layout, header_len=len(header), entries=0)
+
+    def append(
+        self, batch: pa.RecordBatch, event_codes: np.ndarray, timestamps: np.ndarray
+    ) -> None:
+        """Write one batch and then its directory entry. Not durable until `sync`."""
+        message = batch.serialize()
+        offset = self.size
+        entry = _ENTRY.pack(
+            offset,
+            message.size,
+            zlib.crc32(message),
+            int(batch.column(0)[0].as_py()),
+            batch.num_rows,
+            int(timestamps.min()),
+            int(timestamps.max()),
+            type_mask(event_codes),
+        )
+        entry += struct.pack("<I", zlib.crc32(entry))
+        try:
+            written = os.write(self._data_fd, message)
+            if written != message.size:
+                raise OSError(28, "No space left on device (short write)")
+            os.write(self._dir_fd, entry)
+        except OSError as err:
+            self._undo(offset)
+            raise translate_os_error(err, f"appending to {self.files.data}") from err
+        self.size = offset + message.size
+        self.batches += 1
+
+    def _undo(self, offset: int) -> None:
+        """Cut a failed write back so the files end at the last whole batch."""
+        try:
+            os.ftruncate(self._data_fd, offset)
+            os.ftruncate(self._dir_fd, self.batches * ENTRY_SIZE)
+        except OSError:
+            pass  # recovery on the next open cuts the same tail
+
+    def sync(self) -> None:
+        try:
+            os.fdatasync(self._data_fd)
+            os.fdatasync(self._dir_fd)
+        except OSError as err:
+            raise translate_os_error(err, f"fsync of {self.files.data}") from err
+
+    def seal(self) -> None:
+        """Mark the stream's end and make it durable; the segment is immutable after this."""
+        try:
+            os.write(self._data_fd, EOS)
+            self.size += len(EOS)
+        except OSError as err:
+            raise translate_os_error(err, f"sealing {self.files.data}") from err
+        self.sync()
+        self.close()
+
+    def close(self) -> None:
+        for fd in (self._data_fd, self._dir_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._data_fd = self._dir_fd = -1
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover(files: SegmentFiles) -> tuple[Layout | None, int, int, Recovery | None]:
+    """Cut the active segment back to its last whole, checksummed batch.
+
+    Returns the segment's layout (None when even its header is torn, in which
+    case the segment holds nothing and should be recreated), its header length,
+    the number of batches kept, and what was cut if anything.
+    """
+    size = files.data.stat().st_size
+    with open(files.data, "rb") as f:
+        data = f.read()
+    try:
+        schema = pa.ipc.read_schema(pa.BufferReader(data))
+        layout = Layout.from_schema(schema)
+        header_len = len(header_bytes(layout))
+        if data[:header_len] != header_bytes(layout):
+            raise ValueError("header does not round-trip")
+    except (pa.ArrowInvalid, ValueError, KeyError, OSError) as err:
+        if read_entries(files).size:
+            raise CorruptionError(str(files.data), 0, f"unreadable schema header: {err}") from err
+        return None, 0, 0, None
+    entries = read_entries(files)
+    dir_size = files.dir.stat().st_size if files.dir.exists() else 0
+    expected_offset = header_len
+    expected_position = files.first_position
+    kept = 0
+    reason = ""
+    for entry in entries:
+        offset, length = int(entry["offset"]), int(entry["length"])
+        if not entry_ok(entry):
+            reason = f"directory entry {kept} fails its checksum"
+            break
+        if offset != expected_offset or int(entry["first_position"]) != expected_position:
+            reason = f"directory entry {kept} does not follow its predecessor"
+            break
+        if offset + length > size:
+            reason = f"batch {kept} at byte {offset} is cut short"
+            break
+        if zlib.crc32(data[offset : offset + length]) != int(entry["crc"]):
+            reason = f"batch {kept} at byte {offset} fails its checksum"
+            break
+        expected_offset = offset + length
+        expected_position += int(entry["count"])
+        kept += 1
+    end = expected_offset
+    report = None
+    if end != size or kept * ENTRY_SIZE != dir_size:
+        dropped = len(entries) - kept
+        if not reason:
+            reason = "bytes past the last directory entry (an unacknowledged write)"
+            if size == end + len(EOS) and data[end:] == EOS and kept == len(entries):
+                reason = "end-of-stream marker of an unfinished rotation"
+        report = Recovery(str(files.data), kept, dropped, size - end, reason)
+        with open(files.data, "r+b") as f:
+            f.truncate(end)
+            os.fsync(f.fileno())
+        with open(files.dir, "r+b") as f:
+            f.truncate(kept * ENTRY_SIZE)
+            os.fsync(f.fileno())
+    return layout, header_len, kept, report
+
+
+class SegmentReader:
+    """Zero-copy, memory-mapped reads of one segment's committed batches."""
+
+    def __init__(self, files: SegmentFiles):
+        self.files = files
+        self.entries = np.empty(0, ENTRY_DTYPE)
+        self.starts = np.empty(0, np.int64)  # row offset of each batch within the segment
+        self.rows = 0
+        self._buffer: pa.Buffer | None = None
+        self._mapped = 0
+        self.layout: Layout | None = None
+        self._batches: list[pa.RecordBatch | None] = []
+        self.sealed = False
+
+    def refresh(self) -> None:
+        """Pick up batches committed since the last call (a no-op once sealed)."""
+        if self.sealed and self.layout is not None:
+            return
+        new = []
+        for entry in read_entries(self.files, len(self.entries)):
+            if not entry_ok(entry):
+                break  # an entry being written right now; the next refresh sees it
+            new.append(entry)
+        if not new and self.layout is not None:
+            return
+        if new:
+            self.entries = np.concatenate([self.entries, np.array(new, ENTRY_DTYPE)])
+        end = (
+            int(self.entries[-1]["offset"] + self.entries[-1]["length"]) if len(self.entries) else 0
+        )
+        if self._buffer is None or end > self._mapped:
+            self._map()
+        counts = self.entries["count"].astype(np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.rows = int(counts.sum())
+        self._batches.extend([None] * (len(self.entries) - len(self._batches)))
+
+    def _map(self) -> None:
+        try:
+            source = pa.memory_map(str(self.files.data))
+            self._buffer = source.read_buffer()
+        except (OSError, pa.ArrowException) as err:
+            raise translate_os_error(
+                err if isinstance(err, OSError) else OSError(str(err)), f"mapping {self.files.data}"
+            ) from err
+        self._mapped = self._buffer.size
+        if self.layout is None:
+            schema = pa.ipc.read_schema(pa.BufferReader(self._buffer))
+            self.layout = Layout.from_schema(schema)
+
+    def batch(self, i: int) -> pa.RecordBatch:
+        """The i-th batch in on-disk form, zero-copy from the memory map."""
+        cached = self._batches[i]
+        if cached is not None:
+            return cached
+        assert self._buffer is not None and self.layout is not None
+        entry = self.entries[i]
+        offset, length = int(entry["offset"]), int(entry["length"])
+        try:
+            message = pa.ipc.read_message(self._buffer.slice(offset, length))
+            batch = pa.ipc.read_record_batch(message, self.layout.disk_schema)
+        except pa.ArrowException as err:
+            raise CorruptionError(str(self.files.data), offset, f"unreadable batch: {err}") from err
+        if self.sealed:
+            self._batches[i] = batch
+        return batch
+
+    def verify(self) -> Iterator[CorruptionError]:
+        """Check every batch's bytes against its checksum and structure."""
+        entries = read_entries(self.files)
+        try:
+            data = pa.memory_map(str(self.files.data)).read_buffer()
+        except OSError as err:
+            yield CorruptionError(str(self.files.data), 0, f"cannot map: {err}")
+            return
+        try:
+            schema = pa.ipc.read_schema(pa.BufferReader(data))
+            layout = Layout.from_schema(schema)
+            header_len = len(header_bytes(layout))
+        except Exception as err:  # any failure to parse the header is corruption
+            yield CorruptionError(str(self.files.data), 0, f"unreadable schema header: {err}")
+            return
+        expected = header_len
+        position = self.files.first_position
+        view = memoryview(data)
+        for i, entry in enumerate(entries):
+            offset, length = int(entry["offset"]), int(entry["length"])
+            where = f"batch {i}"
+            if not entry_ok(entry):
+                yield CorruptionError(
+                    str(self.files.dir),
+                    i * ENTRY_SIZE,
+                    f"{where}: directory entry checksum mismatch",
+                )
+                return
+            if offset != expected or int(entry["first_position"]) != position:
+                yield CorruptionError(
+                    str(self.files.dir),
+                    i * ENTRY_SIZE,
+                    f"{where}: entry does not follow its predecessor",
+                )
+                return
+            if offset + length > data.size:
+                yield CorruptionError(str(self.files.data), offset, f"{where}: cut short")
+                return
+            if zlib.crc32(view[offset : offset + length]) != int(entry["crc"]):
+                # A CRC names the batch, not the bit: report the batch's first byte.
+                yield CorruptionError(str(self.files.data), offset, f"{where}: checksum mismatch")
+            else:
+                try:
+                    message = pa.ipc.read_message(data.slice(offset, length))
+                    batch = pa.ipc.read_record_batch(message, layout.disk_schema)
+                    batch.validate(full=True)
+                    if (
+                        batch.num_rows != int(entry["count"])
+                        or batch.column(0)[0].as_py() != position
+                    ):
+                        raise ValueError(
+                            "row count or first position differs from its directory entry"
+                        )
+                except (pa.ArrowException, ValueError) as err:
+                    yield CorruptionError(str(self.files.data), offset, f"{where}: {err}")
+            expected = offset + length
+            position += int(entry["count"])
+        tail = data.size - expected
+        if self.sealed and tail not in (0, len(EOS)):
+            yield CorruptionError(
+                str(self.files.data), expected, f"{tail} unexpected bytes after the last batch"
+            )
