@@ -19,7 +19,7 @@ from store._frames import log_table, to_polars
 from store._layout import ENVELOPE_NAMES, EventType, Layout, PayloadField
 from store._log import ArrowLog, LogReader, partition_of
 from store._memory import MemoryLog
-from store._model import Fsync, LogConfig, NewEvent, Position, RecordedEvent
+from store._model import Fsync, LogConfig, NewEvent, Position, Positions, RecordedEvent
 from store._segment import Recovery
 from store._snapshots import Snapshot, SnapshotPolicy, SnapshotStore, fingerprint
 from store._verify import verify_log
@@ -41,6 +41,7 @@ __all__ = [
     "NewEvent",
     "PayloadField",
     "Position",
+    "Positions",
     "RecordedEvent",
     "Recovery",
     "SchemaError",

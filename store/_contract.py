@@ -27,11 +27,11 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from store._model import NewEvent, Position, RecordedEvent
+from store._model import NewEvent, Positions, RecordedEvent
 
 
 class EventLog(Protocol):
-    def append(self, events: Sequence[NewEvent]) -> list[Position]: ...
+    def append(self, events: Sequence[NewEvent]) -> Positions: ...
 
     def read_all(
         self,

@@ -45,7 +45,7 @@ class ConcurrencyError(StoreError):
 
     def __init__(self, conflicts: Sequence[VersionConflict], appended: Sequence[object]):
         self.conflicts = tuple(conflicts)
-        self.appended = list(appended)
+        self.appended = appended
         shown = "; ".join(str(c) for c in self.conflicts[:5])
         more = f" (and {len(self.conflicts) - 5} more)" if len(self.conflicts) > 5 else ""
         super().__init__(f"version conflict: {shown}{more}")

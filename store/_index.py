@@ -13,7 +13,7 @@ segment.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,35 +40,50 @@ class ActiveIndex:
     def lookup(self, aggregate_id: str) -> np.ndarray:
         return np.asarray(self.rows.get(aggregate_id, ()), dtype=np.int64)
 
-    def write(self, path: Path, versions: dict[str, int]) -> None:
-        """Persist as a sealed index; `versions` holds each aggregate's last version."""
-        ids = list(self.rows)
-        encoded = [a.encode() for a in ids]
-        width = max((len(k) for k in encoded), default=1) or 1
-        keys = np.array(encoded, dtype=f"S{width}")
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        ordered_ids = [ids[i] for i in order.tolist()]
-        lengths = np.array([len(self.rows[a]) for a in ordered_ids], dtype=np.int32)
-        offsets = np.zeros(len(ids) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=offsets[1:])
-        flat = np.fromiter(
-            (r for a in ordered_ids for r in self.rows[a]), dtype=np.int32, count=int(offsets[-1])
-        )
-        table = pa.table(
-            {
-                "key": pa.array(sorted_keys.tolist(), pa.binary(width)),
-                "last_version": pa.array([versions[a] for a in ordered_ids], pa.int64()),
-                "rows": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-            }
-        )
-        tmp = path.with_suffix(".idx.tmp")
-        try:
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-                w.write_table(table)
-            os.replace(tmp, path)
-        except OSError as err:
-            raise translate_os_error(err, f"writing index {path}") from err
+
+def write_index(path: Path, batches: Sequence[pa.RecordBatch]) -> None:
+    """Build a sealed segment's index from its batches, vectorised, and write it."""
+    if batches:
+        ids = pa.chunked_array([b.column(1) for b in batches]).combine_chunks()
+        versions = pa.chunked_array([b.column(3) for b in batches]).to_numpy()
+    else:
+        ids, versions = pa.array([], pa.string()), np.zeros(0, np.int64)
+    encoded = ids.dictionary_encode()
+    codes = encoded.indices.to_numpy()
+    unique = encoded.dictionary
+    keys = _fixed_width(unique)
+    width = keys.dtype.itemsize
+    # Rows grouped by aggregate, groups in key order, rows in position (= version) order.
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[np.argsort(keys, kind="stable")] = np.arange(len(keys))
+    rows = np.argsort(rank[codes], kind="stable").astype(np.int32)
+    counts = np.bincount(rank[codes], minlength=len(keys)).astype(np.int32)
+    offsets = np.zeros(len(keys) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    last_rows = rows[offsets[1:] - 1] if len(keys) else np.zeros(0, np.int32)
+    table = pa.table(
+        {
+            "key": pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(width), len(keys), [None, pa.py_buffer(np.sort(keys).tobytes())]
+            ),
+            "last_version": pa.array(versions[last_rows], pa.int64()),
+            "rows": pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows)),
+        }
+    )
+    tmp = path.with_suffix(".idx.tmp")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise translate_os_error(err, f"writing index {path}") from err
+
+
+def _fixed_width(ids: pa.Array) -> np.ndarray:
+    """Aggregate ids as a NUL-padded fixed-width bytes array, which numpy can binary-search."""
+    encoded = [a.encode() for a in ids.to_pylist()]
+    width = max((len(k) for k in encoded), default=1) or 1
+    return np.array(encoded, dtype=f"S{width}")
 
 
 class SealedIndex:

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from store._errors import ConcurrencyError, DataDirError, StoreError, VersionConflict
 from store._layout import Layout
-from store._model import LogConfig, NewEvent, Position, RecordedEvent
+from store._model import LogConfig, NewEvent, Positions, RecordedEvent
 from store._partition import PartitionReader, PartitionWriter
 from store._segment import Recovery
 
@@ -183,40 +183,41 @@ class ArrowLog(LogReader):
         """Torn tails cut off when the log was opened."""
         return [r for w in self._writers for r in w.recoveries]
 
-    def append(self, events: Sequence[NewEvent]) -> list[Position]:
+    def append(self, events: Sequence[NewEvent]) -> Positions:
         """Append a batch; durable under the fsync policy when this returns.
 
         Raises ConcurrencyError when an aggregate's events do not follow its last
         version; the other aggregates' events are appended all the same.
         """
         if not events:
-            return []
+            return Positions(0, ())
         n = len(self._writers)
         if n == 1:
             offsets, conflicts = self._writers[0].append(events)
             self._writers[0].sync()
-            positions: list[Position | None] = [
-                None if o is None else Position(0, o) for o in offsets
-            ]
+            positions = Positions(0, offsets)
         else:
             positions, conflicts = self._append_partitioned(events, n)
         if conflicts:
             raise ConcurrencyError(conflicts, positions)
-        return positions  # type: ignore[return-value]
+        return positions
 
     def _append_partitioned(
         self, events: Sequence[NewEvent], n: int
-    ) -> tuple[list[Position | None], list[VersionConflict]]:
+    ) -> tuple[Positions, list[VersionConflict]]:
         groups: dict[int, list[int]] = {}
         for i, e in enumerate(events):
             groups.setdefault(partition_of(e.aggregate_id, n), []).append(i)
-        positions: list[Position | None] = [None] * len(events)
+        partitions = [0] * len(events)
+        offsets: list[int | None] = [None] * len(events)
         conflicts: list[VersionConflict] = []
         for p, idx in groups.items():
-            offsets, found = self._writers[p].append([events[i] for i in idx])
+            found_offsets, found = self._writers[p].append([events[i] for i in idx])
             conflicts.extend(found)
-            for i, o in zip(idx, offsets, strict=True):
-                positions[i] = None if o is None else Position(p, o)
+            for i, o in zip(idx, found_offsets, strict=True):
+                partitions[i] = p
+                offsets[i] = o
+        positions = Positions(partitions, offsets)
         # Group commit: one fsync per touched partition, all at once (fsync drops the GIL).
         touched = [self._writers[p] for p in groups]
         if self._pool is not None and len(touched) > 1:

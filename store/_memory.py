@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from store._errors import ConcurrencyError, VersionConflict
 from store._layout import Layout
 from store._log import partition_of
-from store._model import NewEvent, Position, RecordedEvent
+from store._model import NewEvent, Position, Positions, RecordedEvent
 
 
 class MemoryLog:
@@ -32,7 +32,7 @@ class MemoryLog:
     def watermarks(self) -> dict[int, int]:
         return {p: sum(b.num_rows for b in batches) for p, batches in enumerate(self._batches)}
 
-    def append(self, events: Sequence[NewEvent]) -> list[Position]:
+    def append(self, events: Sequence[NewEvent]) -> Positions:
         conflicts: dict[str, VersionConflict] = {}
         existing: dict[int, Position] = {}
         expected = dict(self._versions)
@@ -64,9 +64,13 @@ class MemoryLog:
                 )
         for i, position in existing.items():
             positions[i] = position
+        result = Positions(
+            [0 if p is None else p.partition for p in positions],
+            [None if p is None else p.offset for p in positions],
+        )
         if conflicts:
-            raise ConcurrencyError(list(conflicts.values()), positions)
-        return positions  # type: ignore[return-value]
+            raise ConcurrencyError(list(conflicts.values()), result)
+        return result
 
     def read_all(
         self,

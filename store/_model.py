@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +88,47 @@ class LogConfig:
             raise ValueError(f"segment_bytes={self.segment_bytes}: expected at least 4096")
         if self.fsync_interval_ms < 1:
             raise ValueError(f"fsync_interval_ms={self.fsync_interval_ms}: expected at least 1")
+
+
+class Positions(Sequence[Position]):
+    """Where each event of an append went, one `Position` per event.
+
+    Built on demand from compact offsets: a batch for one partition is a single
+    `range`, so an append of a thousand events creates no thousand objects.
+    """
+
+    __slots__ = ("_offsets", "_partitions")
+
+    def __init__(self, partitions: int | Sequence[int], offsets: Sequence[int | None]):
+        self._partitions = partitions
+        self._offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    @overload
+    def __getitem__(self, i: int) -> Position: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Position]: ...
+    def __getitem__(self, i: int | slice) -> Position | list[Position]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        offset = self._offsets[i]
+        if offset is None:
+            raise LookupError(f"event {i} was not appended (its aggregate had a conflict)")
+        p = self._partitions if isinstance(self._partitions, int) else self._partitions[i]
+        return Position(p, offset)
+
+    def get(self, i: int) -> Position | None:
+        """The position of event i, or None if it was not appended."""
+        return None if self._offsets[i] is None else self[i]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Positions({[self.get(i) for i in range(len(self))]!r})"

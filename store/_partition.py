@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from itertools import repeat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from store._errors import (
     VersionConflict,
     translate_os_error,
 )
-from store._index import ActiveIndex, SealedIndex
+from store._index import ActiveIndex, SealedIndex, write_index
 from store._layout import Layout
 from store._model import Fsync, LogConfig, NewEvent
 from store._segment import (
@@ -56,8 +57,12 @@ class PartitionReader:
         self.segments: list[SegmentReader] = []
         self._sealed_indexes: dict[int, SealedIndex] = {}
         self._versions: dict[str, int] | None = None
+        # The active segment's index is built lazily, on the first read that needs it,
+        # so that appending pays nothing for it: these count the batches folded in.
         self._active_index = ActiveIndex()
-        self._active_indexed = 0  # batches of the active segment folded into the index
+        self._rows_folded = 0
+        self._versions_folded = 0
+        self._stale = False
         self._decoders: dict[int, Layout] = {}
         self.refresh()
 
@@ -75,16 +80,27 @@ class PartitionReader:
             seg.refresh()
 
     def _seal_reader(self, seg: SegmentReader) -> None:
-        """The active segment was rotated: fold the rest of it into the index, then seal."""
+        """The active segment was rotated: fold the rest of it into the versions, then seal."""
         seg.refresh()
         if self._versions is not None:
-            self._fold_active(seg)
+            self._fold_versions(seg)
         seg.sealed = True
         self._active_index = ActiveIndex()
-        self._active_indexed = 0
+        self._rows_folded = self._versions_folded = 0
+
+    def wrote(self, batches: int) -> None:
+        """The writer in this process appended; its versions already include `batches`."""
+        self._stale = True
+        self._versions_folded = batches
+
+    def _catch_up(self) -> None:
+        if self._stale and self.segments:
+            self.segments[-1].refresh()
+            self._stale = False
 
     @property
     def next_position(self) -> int:
+        self._catch_up()
         if not self.segments:
             return 0
         last = self.segments[-1]
@@ -109,6 +125,7 @@ class PartitionReader:
         since: int | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """Committed batches from `from_position`, skipping batches by zone map."""
+        self._catch_up()
         for seg in list(self.segments):
             if seg.files.first_position + seg.rows <= from_position or not len(seg.entries):
                 continue
@@ -147,27 +164,33 @@ class PartitionReader:
 
     # -- the per-aggregate index ---------------------------------------------
 
-    def _ensure_index(self) -> dict[str, int]:
+    def versions(self) -> dict[str, int]:
+        """Every aggregate's last version in this partition."""
+        self._catch_up()
         if self._versions is None:
             versions: dict[str, int] = {}
             for seg in self.segments[:-1]:
                 ids, last = self._sealed_index(seg).items()
                 versions.update(zip(ids, last, strict=True))
             self._versions = versions
-            if self.segments:
-                self._fold_active(self.segments[-1])
-        elif self.segments and self._active_indexed < len(self.segments[-1].entries):
-            self._fold_active(self.segments[-1])
+        if self.segments:
+            self._fold_versions(self.segments[-1])
         return self._versions
 
-    def _fold_active(self, seg: SegmentReader) -> None:
+    def _fold_versions(self, seg: SegmentReader) -> None:
         assert self._versions is not None
-        for i in range(self._active_indexed, len(seg.entries)):
+        for i in range(self._versions_folded, len(seg.entries)):
             batch = seg.batch(i)
             ids = batch.column(1).to_pylist()
-            self._active_index.add(ids, int(seg.starts[i]))
             self._versions.update(zip(ids, batch.column(3).to_pylist(), strict=True))
-        self._active_indexed = len(seg.entries)
+        self._versions_folded = len(seg.entries)
+
+    def _active_rows(self, aggregate_id: str) -> np.ndarray:
+        seg = self.segments[-1]
+        for i in range(self._rows_folded, len(seg.entries)):
+            self._active_index.add(seg.batch(i).column(1).to_pylist(), int(seg.starts[i]))
+        self._rows_folded = len(seg.entries)
+        return self._active_index.lookup(aggregate_id)
 
     def _sealed_index(self, seg: SegmentReader) -> SealedIndex:
         first = seg.files.first_position
@@ -182,32 +205,24 @@ class PartitionReader:
 
     def _rebuild_index(self, seg: SegmentReader) -> SealedIndex:
         """A sealed segment without a readable index: derive it from the segment."""
-        index = ActiveIndex()
-        last: dict[str, int] = {}
-        for i in range(len(seg.entries)):
-            batch = seg.batch(i)
-            ids = batch.column(1).to_pylist()
-            index.add(ids, int(seg.starts[i]))
-            last.update(zip(ids, batch.column(3).to_pylist(), strict=True))
-        index.write(seg.files.index, last)
+        write_index(seg.files.index, [seg.batch(i) for i in range(len(seg.entries))])
         return SealedIndex(seg.files.index)
 
     def last_version(self, aggregate_id: str) -> int:
-        return self._ensure_index().get(aggregate_id, 0)
+        return self.versions().get(aggregate_id, 0)
 
     def stream_rows(
         self, aggregate_id: str, from_version: int
     ) -> list[tuple[SegmentReader, np.ndarray]]:
         """Segment rows of an aggregate's events with version >= from_version."""
-        versions = self._ensure_index()
-        last = versions.get(aggregate_id, 0)
+        last = self.versions().get(aggregate_id, 0)
         if last < from_version:
             return []
         found: list[tuple[SegmentReader, np.ndarray]] = []
         remaining = last - max(from_version, 1) + 1  # versions are gap-free
         for seg in reversed(self.segments):
             if seg is self.segments[-1]:
-                rows = self._active_index.lookup(aggregate_id)
+                rows = self._active_rows(aggregate_id)
             else:
                 rows = self._sealed_index(seg).lookup(aggregate_id)
             if not len(rows):
@@ -276,7 +291,7 @@ class PartitionWriter:
         else:
             writer = SegmentWriter.create(SegmentFiles(self.directory, 0), self.layout)
         self.reader = PartitionReader(self.directory, self.number, self.layout)
-        self.versions = self.reader._ensure_index()
+        self.versions = self.reader.versions()
         self.active = writer
         self.next_position = self.reader.next_position
         if not writer.layout.same_as(self.layout):
@@ -284,12 +299,40 @@ class PartitionWriter:
 
     # -- appends --------------------------------------------------------------
 
-    def append(self, events: Sequence[NewEvent]) -> tuple[list[int | None], list[VersionConflict]]:
+    def append(
+        self, events: Sequence[NewEvent]
+    ) -> tuple[Sequence[int | None], list[VersionConflict]]:
         """Write the events that follow their aggregates' versions; not yet synced.
 
         Returns a position per event (the existing one for an event already in the
         log, None for an event of a conflicting aggregate) and the conflicts.
         """
+        first = self.next_position
+        batch = self.layout.encode(events, first)
+        ids = [e.aggregate_id for e in events]
+        if self._follows(ids, batch):  # the common case, checked without a loop per event
+            self._write(batch)
+            # Later events of an aggregate overwrite earlier ones: the last version wins.
+            self.versions.update(zip(ids, [e.version for e in events], strict=True))
+            return range(first, first + len(events)), []
+        return self._append_checked(events)
+
+    def _follows(self, ids: list[str], batch: pa.RecordBatch) -> bool:
+        """Does every event follow its aggregate's last version, in batch order?"""
+        # The log's last version for each event's aggregate, looked up at C speed.
+        last = np.fromiter(map(self.versions.get, ids, repeat(0)), np.int64, len(ids))
+        # Each event's rank among its aggregate's events in this batch (0, 1, ...).
+        codes = batch.column(1).dictionary_encode().indices.to_numpy()
+        counts = np.bincount(codes)
+        starts = np.cumsum(counts) - counts
+        rank = np.empty(len(codes), np.int64)
+        rank[np.argsort(codes, kind="stable")] = np.arange(len(codes)) - np.repeat(starts, counts)
+        return bool(np.array_equal(last + rank + 1, batch.column(3).to_numpy()))
+
+    def _append_checked(
+        self, events: Sequence[NewEvent]
+    ) -> tuple[Sequence[int | None], list[VersionConflict]]:
+        """Event by event: idempotent re-appends, conflicts, and the rest written."""
         versions = self.versions
         seen: dict[str, int] = {}
         conflicts: dict[str, VersionConflict] = {}
@@ -323,10 +366,10 @@ class PartitionWriter:
             accepted = list(events)
         first = self.next_position
         if accepted:
-            self._write(accepted, first)
+            self._write(self.layout.encode(accepted, first))
             versions.update(seen)
         if keep is None:
-            return list(range(first, first + len(events))), []
+            return range(first, first + len(events)), []
         positions: list[int | None] = [None] * len(events)
         for offset, i in enumerate(keep):
             positions[i] = first + offset
@@ -334,18 +377,14 @@ class PartitionWriter:
             positions[i] = position
         return positions, list(conflicts.values())
 
-    def _write(self, events: Sequence[NewEvent], first: int) -> None:
-        batch = self.layout.encode(events, first)
+    def _write(self, batch: pa.RecordBatch) -> None:
         codes = batch.column(4).to_numpy()
         timestamps = batch.column(8).cast(pa.int64()).to_numpy()
         seg = self.active
-        first_row = first - seg.files.first_position
         seg.append(batch, codes, timestamps)
         self._dirty = True
-        self.reader._active_index.add((e.aggregate_id for e in events), first_row)
-        self.reader._active_indexed = seg.batches
-        self.next_position = first + len(events)
-        self.reader.segments[-1].refresh()
+        self.next_position += batch.num_rows
+        self.reader.wrote(seg.batches)
         if seg.size >= self.config.segment_bytes:
             self._rotate()
 
@@ -386,7 +425,8 @@ class PartitionWriter:
         if seg.batches == 0:
             return self._replace_empty()
         seg.seal()
-        self.reader._active_index.write(seg.files.index, self.versions)
+        reader_seg.refresh()
+        write_index(seg.files.index, [reader_seg.batch(i) for i in range(len(reader_seg.entries))])
         fsync_dir(self.directory)
         files = SegmentFiles(self.directory, self.next_position)
         self.active = SegmentWriter.create(files, self.layout)
