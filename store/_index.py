@@ -1,19 +1,27 @@
 """The per-aggregate index: which rows of a segment belong to an aggregate.
 
-While a segment is active the index is a dict from aggregate id to its rows in
-that segment, built at append time. When the segment is sealed the dict is written
-beside it as ``<segment>.idx``, an Arrow IPC file with one row per aggregate sorted
-by id: ``key`` (the id's UTF-8 bytes, fixed width, NUL-padded), ``last_version`` and
-``rows`` (its row numbers within the segment, in version order). Opened with a
-memory map, a lookup is a binary search over the keys, with no Python objects per
-aggregate. The index is derived data: a missing or damaged one is rebuilt from the
-segment.
+While a segment is active its index is a dict from aggregate id to its rows in that
+segment, folded in lazily by readers. When the segment is sealed, the index is built
+from the segment with Arrow and numpy and written beside it as ``<segment>.idx``, an
+Arrow IPC file with one row per aggregate sorted by id: ``key`` (the id's UTF-8 bytes,
+fixed width, NUL-padded), ``last_version``, ``rows`` (its row numbers within the
+segment, in version order) and ``hot_start``. Opened with a memory map, a lookup is a
+binary search over the keys, with no Python objects per aggregate.
+
+Hot streams. Reading rows scattered over a segment costs a cache miss per value, so a
+busy aggregate's long history is slow to gather. An aggregate with at least
+`HOT_ROWS` events in a sealed segment therefore also gets its rows copied, contiguous
+and in version order, into ``<segment>.hot``; ``hot_start`` is where they begin
+(-1 for the others). The copy costs disk only for busy aggregates, and turns their
+reads into one zero-copy slice per segment.
+
+Both files are derived data: a missing or damaged one is rebuilt from the segment.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +35,9 @@ class ActiveIndex:
 
     def __init__(self) -> None:
         self.rows: dict[str, list[int]] = {}
+        self.last_version: dict[str, int] = {}
 
-    def add(self, aggregate_ids: Iterable[str], first_row: int) -> None:
+    def add(self, aggregate_ids: list[str], versions: list[int], first_row: int) -> None:
         rows = self.rows
         for row, agg in enumerate(aggregate_ids, first_row):
             found = rows.get(agg)
@@ -36,13 +45,20 @@ class ActiveIndex:
                 rows[agg] = [row]
             else:
                 found.append(row)
+        self.last_version.update(zip(aggregate_ids, versions, strict=True))
 
-    def lookup(self, aggregate_id: str) -> np.ndarray:
-        return np.asarray(self.rows.get(aggregate_id, ()), dtype=np.int64)
+    def lookup(self, aggregate_id: str) -> tuple[np.ndarray, int, int]:
+        """The aggregate's rows in this segment, its last version (0 if none), and -1:
+        the active segment has no hot streams."""
+        rows = np.asarray(self.rows.get(aggregate_id, ()), dtype=np.int64)
+        return rows, self.last_version.get(aggregate_id, 0), -1
+
+
+HOT_ROWS = 64
 
 
 def write_index(path: Path, batches: Sequence[pa.RecordBatch]) -> None:
-    """Build a sealed segment's index from its batches, vectorised, and write it."""
+    """Build a sealed segment's index (and hot streams) from its batches, and write them."""
     if batches:
         ids = pa.chunked_array([b.column(1) for b in batches]).combine_chunks()
         versions = pa.chunked_array([b.column(3) for b in batches]).to_numpy()
@@ -61,6 +77,7 @@ def write_index(path: Path, batches: Sequence[pa.RecordBatch]) -> None:
     offsets = np.zeros(len(keys) + 1, dtype=np.int32)
     np.cumsum(counts, out=offsets[1:])
     last_rows = rows[offsets[1:] - 1] if len(keys) else np.zeros(0, np.int32)
+    hot_start = _write_hot(path.with_suffix(".hot"), batches, rows, counts, offsets)
     table = pa.table(
         {
             "key": pa.FixedSizeBinaryArray.from_buffers(
@@ -68,6 +85,7 @@ def write_index(path: Path, batches: Sequence[pa.RecordBatch]) -> None:
             ),
             "last_version": pa.array(versions[last_rows], pa.int64()),
             "rows": pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows)),
+            "hot_start": pa.array(hot_start, pa.int64()),
         }
     )
     tmp = path.with_suffix(".idx.tmp")
@@ -77,6 +95,44 @@ def write_index(path: Path, batches: Sequence[pa.RecordBatch]) -> None:
         os.replace(tmp, path)
     except OSError as err:
         raise translate_os_error(err, f"writing index {path}") from err
+
+
+def _write_hot(
+    path: Path,
+    batches: Sequence[pa.RecordBatch],
+    rows: np.ndarray,
+    counts: np.ndarray,
+    offsets: np.ndarray,
+) -> np.ndarray:
+    """Copy the rows of aggregates with at least HOT_ROWS events, clustered by key."""
+    hot_start = np.full(len(counts), -1, dtype=np.int64)
+    hot = np.flatnonzero(counts >= HOT_ROWS)
+    if not len(hot):
+        path.unlink(missing_ok=True)
+        return hot_start
+    hot_start[hot] = np.cumsum(counts[hot]) - counts[hot]
+    wanted = np.concatenate([rows[offsets[k] : offsets[k + 1]] for k in hot])
+    # Take batch by batch in position order, then put the rows in key order.
+    by_position = np.argsort(wanted, kind="stable")
+    starts = np.cumsum([0] + [b.num_rows for b in batches[:-1]])
+    sorted_rows = wanted[by_position]
+    which = np.searchsorted(starts, sorted_rows, side="right") - 1
+    pieces = []
+    for b in np.unique(which).tolist():
+        local = sorted_rows[which == b] - starts[b]
+        pieces.append(batches[b].take(pa.array(local)))
+    taken = pa.Table.from_batches(pieces).combine_chunks()
+    key_order = np.empty_like(by_position)
+    key_order[by_position] = np.arange(len(by_position))
+    clustered = taken.take(pa.array(key_order))
+    tmp = path.with_suffix(".hot.tmp")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, clustered.schema) as w:
+            w.write_table(clustered.combine_chunks(), max_chunksize=len(wanted))
+        os.replace(tmp, path)
+    except OSError as err:
+        raise translate_os_error(err, f"writing hot streams {path}") from err
+    return hot_start
 
 
 def _fixed_width(ids: pa.Array) -> np.ndarray:
@@ -90,8 +146,11 @@ class SealedIndex:
     """A memory-mapped sealed index; lookups are binary searches."""
 
     def __init__(self, path: Path):
+        self.path = path
+        self._hot: pa.RecordBatch | None = None
         source = pa.memory_map(str(path))
         table = pa.ipc.open_file(source).read_all().combine_chunks()
+        self.hot_start = table.column("hot_start").to_numpy()
         key = table.column("key").chunk(0) if table.num_rows else pa.array([], pa.binary(1))
         width = key.type.byte_width
         self.keys = np.frombuffer(
@@ -120,11 +179,21 @@ class SealedIndex:
             return i
         return -1
 
-    def lookup(self, aggregate_id: str) -> np.ndarray:
+    def lookup(self, aggregate_id: str) -> tuple[np.ndarray, int, int]:
+        """The aggregate's rows in this segment, its last version (0 if none), and
+        where its rows start in the hot streams (-1 if it has none there)."""
         i = self.find(aggregate_id)
         if i < 0:
-            return np.zeros(0, np.int64)
-        return self.flat[self.offsets[i] : self.offsets[i + 1]].astype(np.int64)
+            return np.zeros(0, np.int64), 0, -1
+        rows = self.flat[self.offsets[i] : self.offsets[i + 1]].astype(np.int64)
+        return rows, int(self.last_version[i]), int(self.hot_start[i])
+
+    def hot_rows(self, start: int, count: int) -> pa.RecordBatch:
+        """`count` rows of the hot streams from `start`: a zero-copy slice of the map."""
+        if self._hot is None:
+            reader = pa.ipc.open_file(pa.memory_map(str(self.path.with_suffix(".hot"))))
+            self._hot = reader.get_batch(0)
+        return self._hot.slice(start, count)
 
     def items(self) -> tuple[list[str], list[int]]:
         """Every aggregate id with its last version in this segment."""

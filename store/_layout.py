@@ -270,6 +270,14 @@ class Layout:
             [dataclasses.replace(et, cls=by_name.get(et.name)) for et in self.event_types]
         )
 
+    def payload_codes(self) -> dict[int, list[int]]:
+        """Per payload column (by index in the schema), the event type codes that have it."""
+        index = {name: i for i, name in enumerate(self.disk_schema.names)}
+        return {
+            index[column]: [code for code, _ in contributors]
+            for column, contributors in self._contributors.items()
+        }
+
     # -- encoding -----------------------------------------------------------
 
     def encode(self, events: Sequence[NewEvent], first_position: int) -> pa.RecordBatch:
@@ -354,14 +362,22 @@ class Layout:
 
     def to_read(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Turn an on-disk batch into the batch readers see (dictionary columns)."""
-        columns = batch.columns
-        columns[_AGG_INDEX] = pa.DictionaryArray.from_arrays(
-            columns[_AGG_INDEX], self._agg_dictionary, safe=False
+        # Two set_column calls: a third of the cost of rebuilding from all columns.
+        schema = self.read_schema
+        batch = batch.set_column(
+            _AGG_INDEX,
+            schema.field(_AGG_INDEX),
+            pa.DictionaryArray.from_arrays(
+                batch.column(_AGG_INDEX), self._agg_dictionary, safe=False
+            ),
         )
-        columns[_TYPE_INDEX] = pa.DictionaryArray.from_arrays(
-            columns[_TYPE_INDEX], self._type_dictionary, safe=False
+        return batch.set_column(
+            _TYPE_INDEX,
+            schema.field(_TYPE_INDEX),
+            pa.DictionaryArray.from_arrays(
+                batch.column(_TYPE_INDEX), self._type_dictionary, safe=False
+            ),
         )
-        return pa.RecordBatch.from_arrays(columns, schema=self.read_schema)
 
     def decode(self, batch: pa.RecordBatch | pa.Table, partition: int) -> list[RecordedEvent]:
         """Python event objects for the rows of a read batch (or table)."""

@@ -6,16 +6,17 @@ import enum
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 
-@dataclass(frozen=True, slots=True)
-class NewEvent:
+class NewEvent(NamedTuple):
     """An event to append. `version` is the aggregate's version *after* this event.
 
     `payload` is an instance of one of the event classes the log was opened
     with; its class name is the event type. `timestamp` is UTC microseconds
     since the epoch (an int, so that building a batch needs no datetime work).
+    A named tuple, not a frozen dataclass: as immutable, and half the cost to
+    build, which matters at a million events a second.
     """
 
     aggregate_id: str
@@ -28,8 +29,7 @@ class NewEvent:
     correlation_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
+class RecordedEvent(NamedTuple):
     """An event read back from the log, with the position it was stored at."""
 
     partition: int

@@ -185,12 +185,21 @@ class PartitionReader:
             self._versions.update(zip(ids, batch.column(3).to_pylist(), strict=True))
         self._versions_folded = len(seg.entries)
 
-    def _active_rows(self, aggregate_id: str) -> np.ndarray:
+    def _active_rows(self, aggregate_id: str) -> tuple[np.ndarray, int, int]:
+        self._catch_up()
         seg = self.segments[-1]
         for i in range(self._rows_folded, len(seg.entries)):
-            self._active_index.add(seg.batch(i).column(1).to_pylist(), int(seg.starts[i]))
+            batch = seg.batch(i)
+            self._active_index.add(
+                batch.column(1).to_pylist(), batch.column(3).to_pylist(), int(seg.starts[i])
+            )
         self._rows_folded = len(seg.entries)
         return self._active_index.lookup(aggregate_id)
+
+    def _lookup(self, seg: SegmentReader, aggregate_id: str) -> tuple[np.ndarray, int, int]:
+        if seg is self.segments[-1]:
+            return self._active_rows(aggregate_id)
+        return self._sealed_index(seg).lookup(aggregate_id)
 
     def _sealed_index(self, seg: SegmentReader) -> SealedIndex:
         first = seg.files.first_position
@@ -198,7 +207,7 @@ class PartitionReader:
         if found is None:
             try:
                 found = SealedIndex(seg.files.index)
-            except (OSError, pa.ArrowException):
+            except (OSError, KeyError, pa.ArrowException):  # missing, damaged or older
                 found = self._rebuild_index(seg)
             self._sealed_indexes[first] = found
         return found
@@ -209,50 +218,46 @@ class PartitionReader:
         return SealedIndex(seg.files.index)
 
     def last_version(self, aggregate_id: str) -> int:
-        return self.versions().get(aggregate_id, 0)
+        if self._versions is not None:  # a writer keeps every aggregate's version
+            return self.versions().get(aggregate_id, 0)
+        self._catch_up()
+        for seg in reversed(self.segments):  # a reader looks only this aggregate up
+            rows, last, _ = self._lookup(seg, aggregate_id)
+            if len(rows):
+                return last
+        return 0
 
-    def stream_rows(
+    def stream_batches(
         self, aggregate_id: str, from_version: int
-    ) -> list[tuple[SegmentReader, np.ndarray]]:
-        """Segment rows of an aggregate's events with version >= from_version."""
-        last = self.versions().get(aggregate_id, 0)
-        if last < from_version:
-            return []
-        found: list[tuple[SegmentReader, np.ndarray]] = []
-        remaining = last - max(from_version, 1) + 1  # versions are gap-free
-        for seg in reversed(self.segments):
-            if seg is self.segments[-1]:
-                rows = self._active_rows(aggregate_id)
-            else:
-                rows = self._sealed_index(seg).lookup(aggregate_id)
+    ) -> Iterator[tuple[SegmentReader, pa.RecordBatch]]:
+        """An aggregate's events with version >= from_version, newest segment first,
+        as on-disk batches with the segment they come from."""
+        self._catch_up()
+        remaining = None
+        for seg in reversed(self.segments):  # newest first, until from_version is reached
+            rows, last, hot_start = self._lookup(seg, aggregate_id)
             if not len(rows):
                 continue
-            if len(rows) >= remaining:
-                found.append((seg, rows[len(rows) - remaining :]))
-                break
-            found.append((seg, rows))
-            remaining -= len(rows)
-        found.reverse()
-        return found
+            if remaining is None:
+                remaining = last - max(from_version, 1) + 1  # versions are gap-free
+                if remaining <= 0:
+                    return
+            skip = max(len(rows) - remaining, 0)
+            if hot_start >= 0:
+                yield seg, self._sealed_index(seg).hot_rows(hot_start + skip, len(rows) - skip)
+            else:
+                yield seg, seg.take(rows[skip:], aggregate_id)
+            remaining -= len(rows) - skip
+            if remaining <= 0:
+                return
 
     def read_stream(self, aggregate_id: str, from_version: int = 1) -> list[pa.RecordBatch]:
-        out: list[pa.RecordBatch] = []
-        for seg, rows in self.stream_rows(aggregate_id, from_version):
-            layout = self.layout_of(seg)
-            out.extend(layout.to_read(b) for b in _take(seg, rows))
-        return out
-
-
-def _take(seg: SegmentReader, rows: np.ndarray) -> list[pa.RecordBatch]:
-    """Rows (ascending, segment-relative) gathered batch by batch."""
-    which = np.searchsorted(seg.starts, rows, side="right") - 1
-    cuts = np.flatnonzero(np.diff(which)) + 1
-    out = []
-    for group in np.split(np.arange(len(rows)), cuts):
-        b = int(which[group[0]])
-        local = rows[group] - seg.starts[b]
-        out.append(seg.batch(b).take(pa.array(local)))
-    return out
+        found = [
+            self.layout_of(seg).to_read(b)
+            for seg, b in self.stream_batches(aggregate_id, from_version)
+        ]
+        found.reverse()
+        return found
 
 
 class PartitionWriter:
@@ -390,12 +395,14 @@ class PartitionWriter:
 
     def _existing(self, aggregate_id: str, version: int, event_id: bytes) -> int | None:
         """The position of this very event if it is already in the log."""
-        for seg, rows in self.reader.stream_rows(aggregate_id, version):
-            batch = _take(seg, rows[:1])[0]
-            if batch.column(5)[0].as_py() == event_id and batch.column(3)[0].as_py() == version:
-                return int(batch.column(0)[0].as_py())
+        oldest = None
+        for _, batch in self.reader.stream_batches(aggregate_id, version):
+            oldest = batch  # newest segment first: the last one holds `version`
+        if oldest is None or oldest.column(3)[0].as_py() != version:
             return None
-        return None
+        if oldest.column(5)[0].as_py() != event_id:
+            return None
+        return int(oldest.column(0)[0].as_py())
 
     def sync(self) -> None:
         """Make every write so far durable, as the fsync policy asks."""

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from store._errors import CorruptionError, translate_os_error
+from store._gather import BufferMap, gather
 from store._layout import Layout
 
 EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
@@ -278,6 +279,7 @@ class SegmentReader:
         self._mapped = 0
         self.layout: Layout | None = None
         self._batches: list[pa.RecordBatch | None] = []
+        self._buffer_map: BufferMap | None = None
         self.sealed = False
 
     def refresh(self) -> None:
@@ -332,6 +334,21 @@ class SegmentReader:
         if self.sealed:
             self._batches[i] = batch
         return batch
+
+    def take(self, rows: np.ndarray, aggregate_id: str) -> pa.RecordBatch:
+        """One aggregate's rows (segment-relative, ascending) as an on-disk batch,
+        copied straight out of the memory map."""
+        assert self._buffer is not None and self.layout is not None
+        if self._buffer_map is None:
+            self._buffer_map = BufferMap(self.layout.disk_schema, self.layout.payload_codes())
+        buffers = self._buffer_map
+        base = self._buffer.address
+        for i in range(buffers.batches, len(self.entries)):
+            buffers.add(self.batch(i), base)
+        batch_of = np.searchsorted(self.starts, rows, side="right") - 1
+        local = rows - self.starts[batch_of]
+        raw = np.frombuffer(self._buffer, dtype=np.uint8)
+        return gather(raw, buffers, batch_of, local, aggregate_id)
 
     def verify(self) -> Iterator[CorruptionError]:
         """Check every batch's bytes against its checksum and structure."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ def event(agg: str, version: int, payload: Any, *, at: int = 0, command: str = "
 
 def fresh(agg: str, version: int, payload: Any) -> NewEvent:
     """An event with a new random id: never mistaken for one already in the log."""
-    return replace(event(agg, version, payload), event_id=uuid.uuid4())
+    return event(agg, version, payload)._replace(event_id=uuid.uuid4())
 
 
 def history(agg: str, n: int, start: int = 1) -> list[NewEvent]:
