@@ -82,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    console = Console(stderr=False)
-    errors = Console(stderr=True)
+    console = Console(soft_wrap=True)  # never break a path or a message across lines
+    errors = Console(stderr=True, soft_wrap=True)
     try:
         if args.command == "demo":
             return _demo(args, console)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
 import polars as pl
@@ -18,14 +18,25 @@ class _Readable(Protocol):
 
 
 def log_table(log: _Readable, from_position: int | Mapping[int, int] = 0) -> pa.Table:
-    """Every event as one table; segments written with other event classes are
-    widened with null columns so that all rows share one schema."""
-    by_schema: dict[pa.Schema, list[pa.RecordBatch]] = {}
-    for batch in log.read_all(from_position):
-        by_schema.setdefault(batch.schema, []).append(batch)
-    if not by_schema:
+    """Every event as one table (see `concat`)."""
+    table = concat(log.read_all(from_position))
+    if table is None:
         return pa.table({name: pa.array([], pa.null()) for name in ENVELOPE_NAMES})
-    tables = [pa.Table.from_batches(b) for b in by_schema.values()]
+    return table
+
+
+def concat(batches: Iterable[pa.RecordBatch]) -> pa.Table | None:
+    """Batches as one table, without copying. Batches of segments written with other
+    event classes are widened with null columns so that all rows share one schema."""
+    runs: list[tuple[pa.Schema, list[pa.RecordBatch]]] = []
+    for batch in batches:
+        if runs and runs[-1][0].equals(batch.schema):
+            runs[-1][1].append(batch)
+        else:
+            runs.append((batch.schema, [batch]))
+    if not runs:
+        return None
+    tables = [pa.Table.from_batches(b) for _, b in runs]
     if len(tables) == 1:
         return tables[0]
     return pa.concat_tables(tables, promote_options="permissive")

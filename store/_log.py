@@ -16,7 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from store._errors import ConcurrencyError, DataDirError, StoreError, VersionConflict
-from store._layout import Layout
+from store._frames import concat
+from store._layout import EventType, Layout
 from store._model import LogConfig, NewEvent, Positions, RecordedEvent
 from store._partition import PartitionReader, PartitionWriter
 from store._segment import Recovery
@@ -105,11 +106,10 @@ class LogReader:
     def read_stream(self, aggregate_id: str, from_version: int = 1) -> pa.Table:
         """One aggregate's events from `from_version`, in version order, via the index."""
         p = self._partitions[partition_of(aggregate_id, len(self._partitions))]
-        batches = p.read_stream(aggregate_id, from_version)
-        if not batches:
-            schema = (self.layout or _first_layout(self._partitions)).read_schema
-            return schema.empty_table()
-        return pa.Table.from_batches(batches)
+        table = concat(p.read_stream(aggregate_id, from_version))
+        if table is None:
+            return (self.layout or _first_layout(self._partitions)).read_schema.empty_table()
+        return table
 
     def last_version(self, aggregate_id: str) -> int:
         p = self._partitions[partition_of(aggregate_id, len(self._partitions))]
@@ -117,7 +117,7 @@ class LogReader:
 
     def decode(self, data: pa.Table | pa.RecordBatch) -> list[RecordedEvent]:
         """Python event objects for rows read from this log."""
-        layout = self.layout or _first_layout(self._partitions)
+        layout = self._decoder()
         table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
         out: list[RecordedEvent] = []
         for batch in table.to_batches():
@@ -125,6 +125,19 @@ class LogReader:
                 by_partition = partition_of(batch.column(1)[0].as_py(), len(self._partitions))
                 out.extend(layout.decode(batch, by_partition))
         return out
+
+    def _decoder(self) -> Layout:
+        """Every event type of every segment (newest wins), with this reader's classes."""
+        found: dict[str, EventType] = {}
+        for p in self._partitions:
+            for seg in p.segments:
+                if seg.layout is not None:
+                    found.update((et.name, et) for et in p.layout_of(seg).event_types)
+        if self.layout is not None:
+            found.update((et.name, et) for et in self.layout.event_types)
+        if not found:
+            return _first_layout(self._partitions)
+        return Layout(list(found.values()))
 
 
 def _first_layout(partitions: Sequence[PartitionReader]) -> Layout:

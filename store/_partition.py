@@ -11,8 +11,8 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from itertools import repeat
 from collections.abc import Iterator, Sequence
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
