@@ -32,7 +32,7 @@ def test_sql_reads_payload_fields_without_decoding(tmp_path: Path) -> None:
 
 def test_polars_sees_the_same_log(tmp_path: Path) -> None:
     with ArrowLog.open(tmp_path, LAYOUT) as log:
-        log.append(history("a", 5) + [event("b", 1, Opened("b", 1)), event("b", 2, Paid(100))])
+        log.append([*history("a", 5), event("b", 1, Opened("b", 1)), event("b", 2, Paid(100))])
     frame = to_polars(LogReader.open(tmp_path))
     totals = (
         frame.filter(pl.col("event_type") == "Paid")
