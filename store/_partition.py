@@ -284,8 +284,9 @@ class PartitionWriter:
         writer: SegmentWriter | None = None
         if firsts:
             files = SegmentFiles(self.directory, firsts[-1])
-            if files.index.exists():
-                files.index.unlink()  # the index of a segment that is active again
+            # A segment that is active again (its rotation was cut short) has no index.
+            files.index.unlink(missing_ok=True)
+            files.index.with_suffix(".hot").unlink(missing_ok=True)
             on_disk, header_len, kept, report = recover(files)
             if report:
                 self.recoveries.append(report)

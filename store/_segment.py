@@ -5,7 +5,13 @@ batch message per append, and the end-of-stream marker once sealed), readable by
 Arrow tool. ``<first position>.dir`` is the batch directory: one fixed-size entry per
 batch, written after the batch's bytes, holding where the batch is, its CRC-32, and
 its zone map (positions, time range, event types). An entry carries its own CRC, so a
-torn entry is as detectable as a torn batch.
+torn entry is as detectable as a torn batch. The directory starts with a preamble
+holding the length and CRC-32 of the stream's schema header, so damage to the header
+(which decides how every batch is read) is as detectable as damage to a batch.
+
+A segment comes into existence atomically: its directory (preamble only) is written,
+then its header to ``.arrows.tmp``, which is fsynced and renamed into place. A reader
+never sees a segment without its header.
 
 A batch exists once its directory entry does: readers look only at directory entries,
 so a reader tailing the active segment never sees a partial batch, and recovery keeps
@@ -25,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from store._errors import CorruptionError, translate_os_error
+from store._errors import CorruptionError, SchemaError, translate_os_error
 from store._gather import BufferMap, gather
 from store._layout import Layout
 
@@ -46,6 +52,14 @@ ENTRY_DTYPE = np.dtype(
     ]
 )
 assert ENTRY_DTYPE.itemsize == ENTRY_SIZE
+_PREAMBLE = struct.Struct("<8sII")  # magic, schema header length, schema header CRC-32
+PREAMBLE_SIZE = _PREAMBLE.size
+_MAGIC = b"CQFDIR01"
+
+
+def entry_offset(i: int) -> int:
+    """Where the i-th entry starts in a `.dir` file."""
+    return PREAMBLE_SIZE + i * ENTRY_SIZE
 
 
 def segment_name(first_position: int) -> str:
@@ -86,11 +100,24 @@ class SegmentFiles:
         self.index = stem.with_suffix(".idx")
 
 
+def read_preamble(files: SegmentFiles) -> tuple[int, int] | None:
+    """The schema header's length and CRC as the directory records them, if intact."""
+    try:
+        with open(files.dir, "rb") as f:
+            raw = f.read(PREAMBLE_SIZE)
+    except FileNotFoundError:
+        return None
+    if len(raw) < PREAMBLE_SIZE:
+        return None
+    magic, length, crc = _PREAMBLE.unpack(raw)
+    return (length, crc) if magic == _MAGIC else None
+
+
 def read_entries(files: SegmentFiles, start: int = 0) -> np.ndarray:
     """The whole directory entries from the `start`-th on (not yet validated)."""
     try:
         with open(files.dir, "rb") as f:
-            f.seek(start * ENTRY_SIZE)
+            f.seek(entry_offset(start))
             raw = f.read()
     except FileNotFoundError:
         return np.empty(0, ENTRY_DTYPE)
@@ -124,15 +151,21 @@ class SegmentWriter:
 
     @classmethod
     def create(cls, files: SegmentFiles, layout: Layout) -> SegmentWriter:
+        """Create (or re-create) an empty segment, atomically."""
         header = header_bytes(layout)
+        tmp = files.data.with_suffix(".arrows.tmp")
         try:
-            fd = os.open(files.data, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, header)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            files.dir.write_bytes(b"")
+            for path, content in (
+                (files.dir, _PREAMBLE.pack(_MAGIC, len(header), zlib.crc32(header))),
+                (tmp, header),
+            ):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    os.write(fd, content)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.replace(tmp, files.data)
             fsync_dir(files.data.parent)
         except OSError as err:
             raise translate_os_error(err, f"creating segment {files.data}") from err
@@ -170,7 +203,7 @@ class SegmentWriter:
         """Cut a failed write back so the files end at the last whole batch."""
         try:
             os.ftruncate(self._data_fd, offset)
-            os.ftruncate(self._dir_fd, self.batches * ENTRY_SIZE)
+            os.ftruncate(self._dir_fd, entry_offset(self.batches))
         except OSError:
             pass  # recovery on the next open cuts the same tail
 
@@ -216,18 +249,27 @@ def recover(files: SegmentFiles) -> tuple[Layout | None, int, int, Recovery | No
     size = files.data.stat().st_size
     with open(files.data, "rb") as f:
         data = f.read()
+    preamble = read_preamble(files)
+    entries = read_entries(files) if preamble else np.empty(0, ENTRY_DTYPE)
+    if (
+        preamble is None
+        or len(data) < preamble[0]
+        or zlib.crc32(data[: preamble[0]]) != preamble[1]
+    ):
+        # Only damage can do this (the header is durable before any batch is
+        # written): nothing of the segment can be read, so it starts again empty.
+        report = None
+        lost = len(entries) if preamble else size > _parsable_header_length(data)
+        if lost:
+            reason = "the schema header is cut short or damaged; the segment starts again empty"
+            report = Recovery(str(files.data), 0, len(entries), size, reason)
+        return None, 0, 0, report
+    header_len = preamble[0]
     try:
-        schema = pa.ipc.read_schema(pa.BufferReader(data))
-        layout = Layout.from_schema(schema)
-        header_len = len(header_bytes(layout))
-        if data[:header_len] != header_bytes(layout):
-            raise ValueError("header does not round-trip")
-    except (pa.ArrowInvalid, ValueError, KeyError, OSError) as err:
-        if read_entries(files).size:
-            raise CorruptionError(str(files.data), 0, f"unreadable schema header: {err}") from err
-        return None, 0, 0, None
-    entries = read_entries(files)
-    dir_size = files.dir.stat().st_size if files.dir.exists() else 0
+        layout = Layout.from_schema(pa.ipc.read_schema(pa.BufferReader(data[:header_len])))
+    except (pa.ArrowException, SchemaError) as err:
+        raise CorruptionError(str(files.data), 0, f"unreadable schema header: {err}") from err
+    dir_size = files.dir.stat().st_size
     expected_offset = header_len
     expected_position = files.first_position
     kept = 0
@@ -251,7 +293,7 @@ def recover(files: SegmentFiles) -> tuple[Layout | None, int, int, Recovery | No
         kept += 1
     end = expected_offset
     report = None
-    if end != size or kept * ENTRY_SIZE != dir_size:
+    if end != size or entry_offset(kept) != dir_size:
         dropped = len(entries) - kept
         if not reason:
             reason = "bytes past the last directory entry (an unacknowledged write)"
@@ -262,9 +304,17 @@ def recover(files: SegmentFiles) -> tuple[Layout | None, int, int, Recovery | No
             f.truncate(end)
             os.fsync(f.fileno())
         with open(files.dir, "r+b") as f:
-            f.truncate(kept * ENTRY_SIZE)
+            f.truncate(entry_offset(kept))
             os.fsync(f.fileno())
     return layout, header_len, kept, report
+
+
+def _parsable_header_length(data: bytes) -> int:
+    """The length of the schema header at the start of `data`, or 0 if it does not parse."""
+    try:
+        return int(pa.ipc.read_schema(pa.BufferReader(data)).serialize().size)
+    except pa.ArrowException:
+        return 0
 
 
 class SegmentReader:
@@ -307,15 +357,19 @@ class SegmentReader:
 
     def _map(self) -> None:
         try:
-            source = pa.memory_map(str(self.files.data))
-            self._buffer = source.read_buffer()
-        except (OSError, pa.ArrowException) as err:
-            raise translate_os_error(
-                err if isinstance(err, OSError) else OSError(str(err)), f"mapping {self.files.data}"
-            ) from err
+            self._buffer = pa.memory_map(str(self.files.data)).read_buffer()
+        except OSError as err:
+            raise translate_os_error(err, f"mapping {self.files.data}") from err
         self._mapped = self._buffer.size
         if self.layout is None:
-            schema = pa.ipc.read_schema(pa.BufferReader(self._buffer))
+            try:
+                schema = pa.ipc.read_schema(pa.BufferReader(self._buffer))
+            except pa.ArrowException as err:
+                raise CorruptionError(
+                    str(self.files.data),
+                    0,
+                    f"unreadable schema header ({err}); run `cqrsflow log verify`",
+                ) from err
             self.layout = Layout.from_schema(schema)
 
     def batch(self, i: int) -> pa.RecordBatch:
@@ -358,11 +412,19 @@ class SegmentReader:
         except OSError as err:
             yield CorruptionError(str(self.files.data), 0, f"cannot map: {err}")
             return
+        preamble = read_preamble(self.files)
+        if preamble is None:
+            yield CorruptionError(
+                str(self.files.dir), 0, "directory preamble is missing or damaged"
+            )
+            return
+        header_len, header_crc = preamble
+        if data.size < header_len or zlib.crc32(data[:header_len]) != header_crc:
+            yield CorruptionError(str(self.files.data), 0, "schema header: checksum mismatch")
+            return
         try:
-            schema = pa.ipc.read_schema(pa.BufferReader(data))
-            layout = Layout.from_schema(schema)
-            header_len = len(header_bytes(layout))
-        except Exception as err:  # any failure to parse the header is corruption
+            layout = Layout.from_schema(pa.ipc.read_schema(pa.BufferReader(data[:header_len])))
+        except (pa.ArrowException, SchemaError) as err:
             yield CorruptionError(str(self.files.data), 0, f"unreadable schema header: {err}")
             return
         expected = header_len
@@ -374,14 +436,14 @@ class SegmentReader:
             if not entry_ok(entry):
                 yield CorruptionError(
                     str(self.files.dir),
-                    i * ENTRY_SIZE,
+                    entry_offset(i),
                     f"{where}: directory entry checksum mismatch",
                 )
                 return
             if offset != expected or int(entry["first_position"]) != position:
                 yield CorruptionError(
                     str(self.files.dir),
-                    i * ENTRY_SIZE,
+                    entry_offset(i),
                     f"{where}: entry does not follow its predecessor",
                 )
                 return
@@ -407,8 +469,11 @@ class SegmentReader:
                     yield CorruptionError(str(self.files.data), offset, f"{where}: {err}")
             expected = offset + length
             position += int(entry["count"])
-        tail = data.size - expected
-        if self.sealed and tail not in (0, len(EOS)):
-            yield CorruptionError(
-                str(self.files.data), expected, f"{tail} unexpected bytes after the last batch"
+        tail = bytes(view[expected:])
+        if self.sealed and tail != EOS:
+            what = (
+                "a damaged end-of-stream marker"
+                if len(tail) == len(EOS)
+                else f"{len(tail)} unexpected bytes"
             )
+            yield CorruptionError(str(self.files.data), expected, f"{what} after the last batch")
