@@ -12,7 +12,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
-from log_contract import LAYOUT, Closed, Opened, Paid, Tagged, event, history
+from log_contract import LAYOUT, T0, Closed, Opened, Paid, Tagged, event, history
 
 from queries import register_log
 from store import ArrowLog, Layout, LogConfig, LogReader, NewEvent, SchemaError, log_table
@@ -112,3 +112,27 @@ def test_a_second_log_config_cannot_change_the_partition_count(tmp_path: Path) -
         ArrowLog.open(tmp_path, LAYOUT, LogConfig(partitions=3))
     with ArrowLog.open(tmp_path, LAYOUT) as log:
         assert log.partitions == 2
+
+
+def test_read_all_skips_batches_by_zone_map_without_reading_them(tmp_path: Path) -> None:
+    with ArrowLog.open(tmp_path, LAYOUT, LogConfig(segment_bytes=64 * 1024)) as log:
+        log.append([event(f"a{i}", 1, Opened("x", 1), at=i) for i in range(50)])
+        for v in range(2, 40):
+            log.append([event(f"a{i}", v, Paid(v), at=1000 * v + i) for i in range(50)])
+        log.append([event("a0", 40, Closed(), at=99_999)])
+    reader = LogReader.open(tmp_path)
+    part = reader.partition(0)
+    sealed = [s for s in part.segments if s.sealed]
+    assert sealed, "expected sealed segments"
+    closed = list(reader.read_all(event_types=["Closed"]))
+    assert [b.num_rows for b in closed] == [1]
+    late = sum(b.num_rows for b in reader.read_all(since=T0 + 39_000))
+    assert late == 51
+    # Sealed segments cache the batches they decode: the zone maps let every batch
+    # of Paid events before the cut-off go unread.
+    decoded = sum(1 for s in sealed for b in s._batches if b is not None)
+    assert decoded == 0
+    sum(b.num_rows for b in reader.read_all())  # a full scan does decode them
+    assert sum(1 for s in sealed for b in s._batches if b is not None) == sum(
+        len(s.entries) for s in sealed
+    )
