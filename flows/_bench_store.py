@@ -6,7 +6,6 @@ import dataclasses
 import random
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +72,9 @@ def bank_batches(
         batch.append(
             NewEvent(
                 aggregate_id=agg,
-                aggregate_type=bank.AGGREGATE_TYPE,
                 version=version,
                 payload=payload,
-                event_id=uuid.UUID(int=counter + i),
+                event_id=(counter + i).to_bytes(16, "big"),
                 command_id=f"cmd-{i}",
                 timestamp=stamp + i,
                 correlation_id=None,
@@ -110,10 +108,10 @@ def raw_pyarrow_write(batches: list[list[NewEvent]], path: Path, layout: Layout)
             arrays = [
                 pa.array(range(position, position + n), pa.int64()),
                 pa.array([e.aggregate_id for e in events], pa.string()),
-                pa.array([e.aggregate_type for e in events], pa.string()).dictionary_encode(),
+                pa.array([bank.AGGREGATE_TYPE] * n, pa.string()).dictionary_encode(),
                 pa.array([e.version for e in events], pa.int64()),
                 pa.array([type(e.payload).__name__ for e in events]).dictionary_encode(),
-                pa.array([e.event_id.bytes for e in events], pa.binary(16)),
+                pa.array([e.event_id for e in events], pa.binary(16)),
                 pa.array([e.command_id for e in events], pa.string()),
                 pa.array([e.correlation_id for e in events], pa.string()),
                 pa.array([e.timestamp for e in events], pa.timestamp("us", tz="UTC")),

@@ -36,11 +36,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import operator
 import types
 import typing
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -148,6 +147,10 @@ class Layout:
         self._agg_code = {a: i for i, a in enumerate(self.aggregate_types)}
         self._code_by_class = {t.cls: i for i, t in enumerate(self.event_types) if t.cls}
         self._agg_dictionary = pa.array(self.aggregate_types, pa.string())
+        # An event class belongs to one aggregate type, so its code gives the type's.
+        self._aggregate_of_type = np.array(
+            [self._agg_code[t.aggregate_type] for t in self.event_types], dtype=np.int8
+        )
         self._type_dictionary = pa.array([t.name for t in self.event_types], pa.string())
 
         columns: dict[str, pa.DataType] = {}
@@ -174,6 +177,7 @@ class Layout:
         )
         self.read_schema = pa.schema(read_envelope + payload, metadata=meta)
         self._names = self.read_schema.names
+        self._extract = self._compile_extractor()
 
     # -- construction -------------------------------------------------------
 
@@ -283,80 +287,70 @@ class Layout:
     def encode(self, events: Sequence[NewEvent], first_position: int) -> pa.RecordBatch:
         """Build one on-disk record batch from event objects, positions from `first_position`."""
         n = len(events)
-        payloads = [e.payload for e in events]
-        code_of = self._code_by_class
         try:
-            codes = [code_of[p.__class__] for p in payloads]
-        except KeyError:
-            bad = next(p for p in payloads if p.__class__ not in code_of)
+            codes, payload_values = self._extract([e.payload for e in events])
+        except KeyError as err:
             raise SchemaError(
-                f"event payload {type(bad).__name__!r} is not one of this log's event "
-                f"classes ({', '.join(t.name for t in self.event_types)})"
+                f"event payload class {err.args[0].__name__!r} is not one of this log's "
+                f"event classes ({', '.join(t.name for t in self.event_types)})"
             ) from None
+        type_codes = np.asarray(codes, dtype=np.int16)
         try:
-            agg_codes = [self._agg_code[e.aggregate_type] for e in events]
-        except KeyError:
-            bad_agg = next(
-                e.aggregate_type for e in events if e.aggregate_type not in self._agg_code
+            event_ids = pa.array([e.event_id for e in events], pa.binary(16))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            bad = next(
+                e.event_id
+                for e in events
+                if not isinstance(e.event_id, bytes) or len(e.event_id) != 16
             )
-            raise SchemaError(
-                f"aggregate_type {bad_agg!r}: expected one of {list(self.aggregate_types)}"
-            ) from None
+            raise SchemaError(f"event_id {bad!r}: expected 16 bytes, e.g. uuid4().bytes") from None
         arrays: list[pa.Array] = [
             pa.array(np.arange(first_position, first_position + n, dtype=np.int64)),
             pa.array([e.aggregate_id for e in events], pa.string()),
-            pa.array(agg_codes, _AGG_CODE),
+            pa.array(self._aggregate_of_type[type_codes]),
             pa.array([e.version for e in events], pa.int64()),
-            pa.array(codes, _TYPE_CODE),
-            pa.array([e.event_id.bytes for e in events], pa.binary(16)),
+            pa.array(type_codes),
+            event_ids,
             pa.array([e.command_id for e in events], pa.string()),
             pa.array([e.correlation_id for e in events], pa.string()),
             pa.array([e.timestamp for e in events], TIMESTAMP),
         ]
-        if self.payload_columns:
-            arrays.extend(self._encode_payloads(payloads, codes))
+        for column, values in zip(self.payload_columns, payload_values, strict=True):
+            if column in self._msgpack_columns:
+                values = [None if v is None else _packb(v, column) for v in values]
+            arrays.append(pa.array(values, self._payload_types[column]))
         return pa.RecordBatch.from_arrays(arrays, schema=self.disk_schema)
 
-    def _encode_payloads(self, payloads: list[Any], codes: list[int]) -> list[pa.Array]:
-        n = len(payloads)
-        first = codes[0]
-        rows_by_code: dict[int, np.ndarray | None]
-        if codes.count(first) == n:  # the common case: a batch of one event type
-            rows_by_code = {first: None}
-        else:
-            code_array = np.asarray(codes, dtype=np.int16)
-            rows_by_code = {int(c): np.flatnonzero(code_array == c) for c in np.unique(code_array)}
-        objects: dict[int, list[Any]] = {}
-        for code, rows in rows_by_code.items():
-            objects[code] = payloads if rows is None else [payloads[i] for i in rows.tolist()]
-        out = []
-        for column in self.payload_columns:
-            arrow_type = self._payload_types[column]
-            packed = column in self._msgpack_columns
-            present = [(c, f) for c, f in self._contributors[column] if c in objects]
-            if not present:
-                out.append(pa.nulls(n, arrow_type))
+    def _compile_extractor(self) -> Callable[[list[Any]], tuple[list[int], list[list[Any]]]]:
+        """A function that, in one pass over the payloads, lists each event's type code
+        and each payload column's values (None where the type has no such field).
+
+        Generated, like dataclasses' own methods, because this is the hot loop of an
+        append: a dict lookup and one call per event, plain appends inside.
+        """
+        columns = range(len(self.payload_columns))
+        body = ["def extract(payloads):", "    codes = []", "    code = codes.append"]
+        body += [f"    c{j} = []\n    a{j} = c{j}.append" for j in columns]
+        table = []
+        for k, et in enumerate(self.event_types):
+            if et.cls is None:
                 continue
-            values: list[Any] = []
-            for code, fname in present:
-                values.extend(map(operator.attrgetter(fname), objects[code]))
-            if packed:
-                values = [None if v is None else _packb(v, column) for v in values]
-            if len(present) == 1 and rows_by_code[present[0][0]] is None:
-                out.append(pa.array(values, arrow_type))
-                continue
-            # Scatter the present types' values into their rows with one vectorised
-            # take; every other row points at a trailing null.
-            index = np.full(n, len(values), dtype=np.int64)
-            start = 0
-            for code, _ in present:
-                rows = rows_by_code[code]
-                assert rows is not None
-                index[rows] = np.arange(start, start + len(rows))
-                start += len(rows)
-            values.append(None)
-            out.append(pa.array(values, arrow_type).take(pa.array(index)))
-        return out
+            field_of = {f.column: f.name for f in et.fields}
+            fill = [f"code({k})"] + [
+                f"a{j}(p.{field_of[c]})" if c in field_of else f"a{j}(None)"
+                for j, c in enumerate(self.payload_columns)
+            ]
+            body.append(f"    def f{k}(p):\n        " + "; ".join(fill))
+            table.append(f"T{k}: f{k}")
+        body.append(f"    fill = {{{', '.join(table)}}}")
+        body.append("    for p in payloads:")
+        body.append("        fill[p.__class__](p)")
+        body.append(f"    return codes, [{', '.join(f'c{j}' for j in columns)}]")
+        namespace: dict[str, Any] = {
+            f"T{k}": et.cls for k, et in enumerate(self.event_types) if et.cls is not None
+        }
+        exec("\n".join(body), namespace)
+        return namespace["extract"]  # type: ignore[no-any-return]
 
     # -- decoding -----------------------------------------------------------
 

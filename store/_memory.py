@@ -41,7 +41,7 @@ class MemoryLog:
             known = self._where.get((e.aggregate_id, e.version))
             if e.version == last + 1:
                 expected[e.aggregate_id] = e.version
-            elif known is not None and known[0] == e.event_id.bytes:
+            elif known is not None and known[0] == e.event_id:
                 existing[i] = known[1]
             elif e.aggregate_id not in conflicts:
                 conflicts[e.aggregate_id] = VersionConflict(e.aggregate_id, e.version, last)
@@ -59,7 +59,7 @@ class MemoryLog:
                 positions[i] = Position(p, first + offset)
                 self._versions[e.aggregate_id] = e.version
                 self._where[(e.aggregate_id, e.version)] = (
-                    e.event_id.bytes,
+                    e.event_id,
                     Position(p, first + offset),
                 )
         for i, position in existing.items():

@@ -351,9 +351,7 @@ class PartitionWriter:
             if e.version == last + 1:
                 seen[agg] = e.version
                 continue
-            position = (
-                self._existing(agg, e.version, e.event_id.bytes) if e.version <= last else None
-            )
+            position = self._existing(agg, e.version, e.event_id) if e.version <= last else None
             if position is not None:
                 existing[i] = position
             elif agg not in conflicts:

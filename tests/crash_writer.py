@@ -56,7 +56,7 @@ def append_forever(data_dir: str, seed: int, partitions: int, segment_bytes: int
                 )
             positions = log.append(events)
             acked = [
-                [e.aggregate_id, e.version, e.event_id.hex, p.partition, p.offset]
+                [e.aggregate_id, e.version, e.event_id.hex(), p.partition, p.offset]
                 for e, p in zip(events, positions, strict=True)
             ]
             sys.stdout.write(json.dumps(acked) + "\n")

@@ -96,7 +96,7 @@ def test_zone_maps_record_positions_times_and_types(tmp_path: Path) -> None:
 
 def test_timestamps_are_utc_microseconds(tmp_path: Path) -> None:
     stamp = 1_767_225_600_123_456  # 2026-01-01T00:00:00.123456Z
-    e = NewEvent("a", "Account", 1, Opened("a", 1), uuid.uuid4(), "c", stamp)
+    e = NewEvent("a", 1, Opened("a", 1), uuid.uuid4().bytes, "c", stamp)
     with ArrowLog.open(tmp_path, LAYOUT) as log:
         log.append([e])
         value: Any = next(iter(log.read_all())).column("timestamp")[0].as_py()

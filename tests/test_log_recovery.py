@@ -23,7 +23,6 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from log_events import (
-    AGGREGATE_TYPE,
     AccountClosed,
     AccountOpened,
     Deposited,
@@ -105,10 +104,9 @@ def histories(
             batch.append(
                 NewEvent(
                     aggregate_id=agg,
-                    aggregate_type=AGGREGATE_TYPE,
                     version=versions[agg],
                     payload=payloads[n % len(payloads)],
-                    event_id=draw(st.uuids()),
+                    event_id=draw(st.uuids()).bytes,
                     command_id=commands[n % len(commands)],
                     timestamp=timestamps[n % len(timestamps)],
                     correlation_id=correlations[n % len(correlations)],
