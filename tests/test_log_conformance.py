@@ -7,7 +7,7 @@ from typing import Any
 
 from log_contract import LAYOUT, LogContract, history
 
-from store import ArrowLog, EventLog, LogConfig, LogReader, MemoryLog
+from store import ArrowLog, EventLog, Fsync, LogConfig, LogReader, MemoryLog
 
 
 class TestMemoryLog(LogContract):
@@ -27,6 +27,17 @@ class TestArrowLog(LogContract):
 
 class TestArrowLogPartitioned(TestArrowLog):
     partitions = 3
+
+
+class TestArrowLogFsyncInterval(TestArrowLog):
+    def make_log(self, path: Path, partitions: int) -> EventLog:
+        config = LogConfig(partitions=partitions, fsync=Fsync.INTERVAL, fsync_interval_ms=50)
+        return ArrowLog.open(path, LAYOUT, config)
+
+
+class TestArrowLogFsyncNever(TestArrowLog):
+    def make_log(self, path: Path, partitions: int) -> EventLog:
+        return ArrowLog.open(path, LAYOUT, LogConfig(partitions=partitions, fsync=Fsync.NEVER))
 
 
 class TestArrowLogLargeSegments(TestArrowLog):
