@@ -1,12 +1,49 @@
-"""The example bank domain: accounts that are opened, paid into, drawn on and closed."""
+"""The example bank domain: accounts that are opened, paid into, drawn on and closed.
+
+Amounts are integers in the smallest unit of the currency (cents). The invariants:
+an account must be open to take money in or out; amounts are positive (checked at the
+edge: a non-positive amount is an invalid command); opening an account twice is
+rejected; a balance never goes below minus the account's overdraft limit; an account
+closes only at a zero balance; a closed account accepts nothing.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Literal
 
+import msgspec
+
+from flows._domain import Aggregate, Decision, Rejected
 from store import Layout
 
 AGGREGATE_TYPE = "Account"
+
+Amount = Annotated[int, msgspec.Meta(gt=0, le=10**15)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+# -- commands ------------------------------------------------------------------
+
+
+class OpenAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    owner: Name
+    overdraft_limit: Annotated[int, msgspec.Meta(ge=0, le=10**15)] = 0
+
+
+class Deposit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    amount: Amount
+
+
+class Withdraw(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    amount: Amount
+
+
+class CloseAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+# -- events --------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +70,63 @@ class AccountClosed:
 EVENTS: tuple[type, ...] = (AccountOpened, Deposited, Withdrawn, AccountClosed)
 
 
+# -- the decider ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    status: Literal["new", "open", "closed"] = "new"
+    owner: str = ""
+    balance: int = 0
+    overdraft_limit: int = 0
+
+
+def decide(command: Any, state: Account) -> Decision:
+    if isinstance(command, OpenAccount):
+        if state.status != "new":
+            return Rejected(f"the account is already {state.status}")
+        return [AccountOpened(command.owner, command.overdraft_limit)]
+    if state.status != "open":
+        return Rejected(f"the account is {'not open' if state.status == 'new' else 'closed'}")
+    if isinstance(command, Deposit):
+        return [Deposited(command.amount)]
+    if isinstance(command, Withdraw):
+        floor = -state.overdraft_limit
+        if state.balance - command.amount < floor:
+            return Rejected(
+                f"insufficient funds: balance {state.balance}, overdraft limit "
+                f"{state.overdraft_limit}, withdrawal {command.amount}"
+            )
+        return [Withdrawn(command.amount)]
+    if isinstance(command, CloseAccount):
+        if state.balance != 0:
+            return Rejected(f"the balance must be zero to close the account; it is {state.balance}")
+        return [AccountClosed()]
+    return Rejected(f"unknown command {type(command).__name__}")
+
+
+def evolve(state: Account, event: Any) -> Account:
+    if isinstance(event, Deposited):
+        return replace(state, balance=state.balance + event.amount)
+    if isinstance(event, Withdrawn):
+        return replace(state, balance=state.balance - event.amount)
+    if isinstance(event, AccountOpened):
+        return Account("open", event.owner, 0, event.overdraft_limit)
+    if isinstance(event, AccountClosed):
+        return replace(state, status="closed")
+    return state
+
+
+ACCOUNT = Aggregate(
+    name=AGGREGATE_TYPE,
+    initial=Account(),
+    decide=decide,
+    evolve=evolve,
+    commands=(OpenAccount, Deposit, Withdraw, CloseAccount),
+    events=EVENTS,
+)
+
+
 def layout() -> Layout:
     """The log layout of the bank's events."""
-    return Layout.from_classes({AGGREGATE_TYPE: EVENTS})
+    return ACCOUNT.layout()

@@ -8,6 +8,7 @@ when the log is created, since an aggregate's partition is ``crc32(id) % partiti
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -152,9 +153,18 @@ class ArrowLog(LogReader):
     """The event log, open for writing. One writer per partition, across processes."""
 
     def __init__(
-        self, root: Path, layout: Layout, config: LogConfig, writers: list[PartitionWriter]
+        self,
+        root: Path,
+        layout: Layout,
+        config: LogConfig,
+        writers: dict[int, PartitionWriter],
+        partitions: int,
     ):
-        super().__init__([w.reader for w in writers], layout)
+        readers = [
+            writers[p].reader if p in writers else PartitionReader(root / str(p), p, layout)
+            for p in range(partitions)
+        ]
+        super().__init__(readers, layout)
         self.root = root
         self.config = config
         self._writers = writers
@@ -162,16 +172,26 @@ class ArrowLog(LogReader):
 
     @classmethod
     def open(  # type: ignore[override]
-        cls, data_dir: str | Path, layout: Layout, config: LogConfig | None = None
+        cls,
+        data_dir: str | Path,
+        layout: Layout,
+        config: LogConfig | None = None,
+        *,
+        only: int | None = None,
     ) -> ArrowLog:
-        """Open (creating if needed) the log in `DIR/log`, recovering torn tails."""
+        """Open (creating if needed) the log in `DIR/log`, recovering torn tails.
+
+        With `only`, just that partition is opened for writing (the others can be
+        read): how a shard of a dataflow owns its partition while other processes
+        own theirs.
+        """
         config = config or LogConfig()
         root = log_dir(data_dir)
         manifest = _read_manifest(root)
         if manifest is None:
             partitions = config.partitions or 1
             root.mkdir(parents=True, exist_ok=True)
-            tmp = root / "manifest.json.tmp"
+            tmp = root / f"manifest.json.{os.getpid()}.tmp"
             tmp.write_text(json.dumps({"format": MANIFEST_FORMAT, "partitions": partitions}))
             tmp.replace(root / "manifest.json")
         else:
@@ -181,20 +201,22 @@ class ArrowLog(LogReader):
                     f"{root} has {partitions} partitions, but {config.partitions} were asked "
                     "for; the count is fixed when a log is created (omit it to use the log's)"
                 )
-        writers: list[PartitionWriter] = []
+        if only is not None and not 0 <= only < partitions:
+            raise DataDirError(f"partition {only}: the log has partitions 0 to {partitions - 1}")
+        writers: dict[int, PartitionWriter] = {}
         try:
-            for p in range(partitions):
-                writers.append(PartitionWriter(root / str(p), p, layout, config))
+            for p in range(partitions) if only is None else (only,):
+                writers[p] = PartitionWriter(root / str(p), p, layout, config)
         except BaseException:
-            for w in writers:
+            for w in writers.values():
                 w.close()
             raise
-        return cls(root, layout, config, writers)
+        return cls(root, layout, config, writers, partitions)
 
     @property
     def recoveries(self) -> list[Recovery]:
         """Torn tails cut off when the log was opened."""
-        return [r for w in self._writers for r in w.recoveries]
+        return [r for w in self._writers.values() for r in w.recoveries]
 
     def append(self, events: Sequence[NewEvent]) -> Positions:
         """Append a batch; durable under the fsync policy when this returns.
@@ -204,16 +226,31 @@ class ArrowLog(LogReader):
         """
         if not events:
             return Positions(0, ())
-        n = len(self._writers)
-        if n == 1:
-            offsets, conflicts = self._writers[0].append(events)
-            self._writers[0].sync()
-            positions = Positions(0, offsets)
-        else:
-            positions, conflicts = self._append_partitioned(events, n)
+        if self.partitions == 1:
+            return self.append_partition(0, events)
+        positions, conflicts = self._append_partitioned(events, self.partitions)
         if conflicts:
             raise ConcurrencyError(conflicts, positions)
         return positions
+
+    def append_partition(self, partition: int, events: Sequence[NewEvent]) -> Positions:
+        """Append events that all belong to `partition`: the caller routed them with
+        `partition_of`, as a dataflow's shard does. Otherwise as `append`."""
+        writer = self._writer(partition)
+        offsets, conflicts = writer.append(events)
+        writer.sync()
+        positions = Positions(partition, offsets)
+        if conflicts:
+            raise ConcurrencyError(conflicts, positions)
+        return positions
+
+    def _writer(self, partition: int) -> PartitionWriter:
+        try:
+            return self._writers[partition]
+        except KeyError:
+            raise StoreError(
+                f"partition {partition} is not open for writing here (opened with only={next(iter(self._writers))})"
+            ) from None
 
     def _append_partitioned(
         self, events: Sequence[NewEvent], n: int
@@ -225,7 +262,7 @@ class ArrowLog(LogReader):
         offsets: list[int | None] = [None] * len(events)
         conflicts: list[VersionConflict] = []
         for p, idx in groups.items():
-            found_offsets, found = self._writers[p].append([events[i] for i in idx])
+            found_offsets, found = self._writer(p).append([events[i] for i in idx])
             conflicts.extend(found)
             for i, o in zip(idx, found_offsets, strict=True):
                 partitions[i] = p
@@ -242,12 +279,12 @@ class ArrowLog(LogReader):
 
     def flush(self) -> None:
         """fsync everything written so far, whatever the policy."""
-        for w in self._writers:
+        for w in self._writers.values():
             w.flush()
 
     def close(self) -> None:
         try:
-            for w in self._writers:
+            for w in self._writers.values():
                 w.close()
         finally:
             if self._pool is not None:

@@ -39,7 +39,9 @@ from store._segment import (
 
 def list_segments(directory: Path) -> list[int]:
     """First positions of the segments in a partition directory, in order."""
-    found = []
+    found: list[int] = []
+    if not directory.exists():  # a partition another process has not created yet
+        return found
     for name in os.listdir(directory):
         stem, dot, ext = name.partition(".")
         if dot and ext == "arrows" and stem.isdigit():

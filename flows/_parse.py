@@ -1,0 +1,167 @@
+"""Command records in, typed commands or clear refusals out.
+
+A command record (JSON or msgpack) has ``command_id``, ``type``, ``aggregate_id``,
+``data`` (an object), and optionally ``expected_version`` and ``correlation_id``.
+The envelope and then ``data`` are decoded straight into typed structs by msgspec,
+which validates as it decodes; anything that does not fit becomes `Invalid` with a
+reason that names the field, the value and what was expected, e.g.
+
+    data.amount: Expected `int` > 0, got -5
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from flows._domain import Aggregate
+
+Format = Literal["json", "msgpack"]
+MAX_RECORD_BYTES = 64 * 1024
+
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
+
+
+class CommandRecord(msgspec.Struct, forbid_unknown_fields=True):
+    command_id: _Id
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    aggregate_id: _Id
+    data: msgspec.Raw
+    expected_version: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    correlation_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command that passed validation, ready for its aggregate's decider."""
+
+    command_id: str
+    aggregate_id: str
+    payload: Any
+    expected_version: int | None
+    correlation_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A record that is not a valid command, and why."""
+
+    reason: str
+    command_id: str | None = None
+    aggregate_id: str | None = None
+
+
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_FIELD = re.compile(r"Object (?P<kind>missing required|contains unknown) field `(?P<field>[^`]+)`")
+
+
+class Parser:
+    """Decodes and validates command records for one aggregate type."""
+
+    def __init__(self, aggregate: Aggregate[Any], max_record_bytes: int = MAX_RECORD_BYTES):
+        self.aggregate = aggregate
+        self.max_record_bytes = max_record_bytes
+        self._envelope: dict[
+            str, msgspec.json.Decoder[CommandRecord] | msgspec.msgpack.Decoder[CommandRecord]
+        ] = {
+            "json": msgspec.json.Decoder(CommandRecord),
+            "msgpack": msgspec.msgpack.Decoder(CommandRecord),
+        }
+        self._data: dict[
+            str, dict[str, msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]]
+        ] = {
+            "json": {n: msgspec.json.Decoder(c) for n, c in aggregate.command_types.items()},
+            "msgpack": {n: msgspec.msgpack.Decoder(c) for n, c in aggregate.command_types.items()},
+        }
+        self._types = ", ".join(aggregate.command_types)
+
+    def parse(self, raw: bytes, fmt: Format = "json") -> Command | Invalid:
+        if len(raw) > self.max_record_bytes:
+            return Invalid(
+                f"record is {len(raw):,} bytes; at most {self.max_record_bytes:,} are accepted"
+            )
+        try:
+            record = self._envelope[fmt].decode(raw)
+        except msgspec.DecodeError as err:
+            return self._invalid(raw, fmt, err, prefix="")
+        decoder = self._data[fmt].get(record.type)
+        if decoder is None:
+            return Invalid(
+                f"type: {record.type!r} is not a command of {self.aggregate.name}; "
+                f"expected one of {self._types}",
+                record.command_id,
+                record.aggregate_id,
+            )
+        try:
+            payload = decoder.decode(record.data)
+        except msgspec.DecodeError as err:
+            invalid = self._invalid(bytes(record.data), fmt, err, prefix="data")
+            return Invalid(invalid.reason, record.command_id, record.aggregate_id)
+        return Command(
+            record.command_id,
+            record.aggregate_id,
+            payload,
+            record.expected_version,
+            record.correlation_id,
+        )
+
+    def _invalid(self, raw: bytes, fmt: Format, err: msgspec.DecodeError, prefix: str) -> Invalid:
+        """Name the field, the value found there and what was expected."""
+        message = str(err)
+        found = _generic(raw, fmt)
+        ids = found if isinstance(found, dict) and not prefix else {}
+        command_id = ids.get("command_id") if isinstance(ids.get("command_id"), str) else None
+        aggregate_id = ids.get("aggregate_id") if isinstance(ids.get("aggregate_id"), str) else None
+        if not isinstance(err, msgspec.ValidationError):
+            what = "JSON" if fmt == "json" else "msgpack"
+            where = f"{prefix}: " if prefix else ""
+            return Invalid(f"{where}malformed {what}: {message}", command_id, aggregate_id)
+        match = _PATH.search(message)
+        path = match.group("path") if match else ""
+        expected = _PATH.sub("", message)
+        named = _FIELD.match(expected)
+        if named:  # a missing or unknown field: name it, not the object around it
+            path += "." + named.group("field")
+            what = (
+                "missing (required)"
+                if named.group("kind") == "missing required"
+                else "unknown field"
+            )
+            return Invalid(f"{(prefix + path).lstrip('.')}: {what}", command_id, aggregate_id)
+        field = (prefix + path).lstrip(".") or "record"
+        value = _lookup(found, path)
+        if value is _MISSING or isinstance(value, dict | list):
+            return Invalid(f"{field}: {expected}", command_id, aggregate_id)
+        if ", got " in expected:
+            return Invalid(f"{field}: {expected} ({_show(value)})", command_id, aggregate_id)
+        return Invalid(f"{field}: {expected}, got {_show(value)}", command_id, aggregate_id)
+
+
+_MISSING = object()
+
+
+def _generic(raw: bytes, fmt: Format) -> Any:
+    try:
+        return msgspec.json.decode(raw) if fmt == "json" else msgspec.msgpack.decode(raw)
+    except msgspec.DecodeError:
+        return _MISSING
+
+
+def _lookup(doc: Any, path: str) -> Any:
+    """The value at a msgspec error path like `.data.amount` or `[3]`."""
+    current = doc
+    for key in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+        name, index = key
+        try:
+            current = current[name] if name else current[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return current
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

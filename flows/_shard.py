@@ -1,0 +1,263 @@
+"""The decide step of one shard: its aggregates' states, its log partition, its results.
+
+A shard owns one partition of the log (routing by `partition_of(aggregate_id)`), and
+handles commands a batch at a time:
+
+1. aggregates not in the cache are rehydrated: the latest snapshot, then the events
+   after it, read through the log's index (a new aggregate costs nothing: the log
+   knows it has no events);
+2. each command is decided against its aggregate's state (as left by earlier commands
+   of the same batch); a decider or evolver that raises rejects that command only;
+3. all the batch's events are appended as one Arrow batch and made durable;
+4. only then are the new states written into the cache (write-through: a state is
+   never ahead of the log) and the results emitted, with each command's log position.
+
+Idempotency. An aggregate remembers the results of its last accepted commands
+(`ShardConfig.remembered`, refilled from the log when it is rehydrated), so a command
+sent again returns the same result and appends nothing. After a crash, a restarted
+flow resumes its input from its last checkpoint, and the commands between that
+checkpoint and the crash whose events already reached the log are answered from the
+log: `Shard.replayed` is filled from the log's tail since the checkpoint's watermark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from flows._domain import Aggregate, Rejected
+from flows._parse import Command
+from flows._results import Result
+from store import (
+    ArrowLog,
+    ConcurrencyError,
+    NewEvent,
+    RecordedEvent,
+    SnapshotPolicy,
+    SnapshotStore,
+    fingerprint,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardConfig:
+    cache_size: int = 100_000  # aggregates kept in memory by one shard
+    snapshot_every: int = 100  # events between snapshots of an aggregate
+    remembered: int = 32  # accepted commands an aggregate remembers, for idempotency
+
+
+class _Entry:
+    __slots__ = ("recent", "state", "version")
+
+    def __init__(self, state: Any, version: int, recent: dict[str, Result]):
+        self.state = state
+        self.version = version
+        self.recent = recent
+
+
+def event_id(command_id: str, index: int) -> bytes:
+    """Deterministic: deciding the same command again gives the same event ids, so the
+    log recognises a re-append of the same events."""
+    return hashlib.blake2b(f"{command_id}\x00{index}".encode(), digest_size=16).digest()
+
+
+class Shard:
+    """Decides the commands of one log partition's aggregates."""
+
+    def __init__(
+        self,
+        aggregate: Aggregate[Any],
+        log: ArrowLog,
+        partition: int,
+        snapshots: SnapshotStore,
+        config: ShardConfig,
+        clock: Any,
+    ):
+        self.aggregate = aggregate
+        self.log = log
+        self.partition = partition
+        self.snapshots = snapshots
+        self.config = config
+        self.policy = SnapshotPolicy(config.snapshot_every)
+        self._clock = clock  # () -> int, UTC microseconds
+        self._state_type = type(aggregate.initial)
+        self._fingerprint = fingerprint(self._state_type)
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self.replayed: dict[str, Result] = {}
+        self.rehydrations = 0
+        self.evictions = 0
+
+    @property
+    def watermark(self) -> int:
+        """The partition's next position: everything below it is durable."""
+        return self.log.watermarks()[self.partition]
+
+    def replay_from(self, watermark: int) -> None:
+        """Answer commands found in the log at or after `watermark` from the log."""
+        for batch in self.log.read_all({self.partition: watermark}):
+            for e in self.log.decode(batch):
+                if e.partition == self.partition:
+                    _remember(self.replayed, e)
+
+    # -- the batch ------------------------------------------------------------
+
+    def handle(self, commands: Sequence[Command]) -> list[Result]:
+        """Decide a batch of this shard's commands; results in the same order."""
+        cache = self._cache
+        for agg in {c.aggregate_id for c in commands}:
+            if agg in cache:
+                cache.move_to_end(agg)
+            else:
+                cache[agg] = self._rehydrate(agg)
+        results: list[Result | None] = [None] * len(commands)
+        pending: dict[str, tuple[Any, int]] = {}
+        in_batch: dict[str, int] = {}  # command id -> index, for a command sent twice
+        staged: list[NewEvent] = []
+        staged_by: list[tuple[int, int, int, list[str]]] = []  # index, first, count, types
+        now = self._clock()
+        decide, evolve = self.aggregate.decide, self.aggregate.evolve
+        for i, command in enumerate(commands):
+            agg = command.aggregate_id
+            entry = cache[agg]
+            known = self.replayed.get(command.command_id) or entry.recent.get(command.command_id)
+            if known is not None:
+                results[i] = known
+                continue
+            if command.command_id in in_batch:
+                continue  # answered below with the first one's result
+            in_batch[command.command_id] = i
+            state, version = pending.get(agg, (entry.state, entry.version))
+            expected = command.expected_version
+            if expected is not None and expected != version:
+                results[i] = _rejected(
+                    command, f"expected version {expected}, but {agg} is at version {version}"
+                )
+                continue
+            try:
+                decision = decide(command.payload, state)
+                if isinstance(decision, Rejected):
+                    results[i] = _rejected(command, decision.reason)
+                    continue
+                events = list(decision)
+                for event in events:
+                    state = evolve(state, event)
+            except Exception as err:  # a faulty decider rejects this command only
+                results[i] = _rejected(command, f"the decider raised {type(err).__name__}: {err}")
+                continue
+            if not events:
+                results[i] = Result(command.command_id, "accepted", agg, version, None, [])
+                continue
+            first = len(staged)
+            for k, event in enumerate(events, 1):
+                staged.append(
+                    NewEvent(
+                        agg,
+                        version + k,
+                        event,
+                        event_id(command.command_id, k),
+                        command.command_id,
+                        now,
+                        command.correlation_id,
+                    )
+                )
+            pending[agg] = (state, version + len(events))
+            staged_by.append((i, first, len(events), [type(e).__name__ for e in events]))
+        if staged:
+            self._append(commands, staged, staged_by, pending, results)
+        for i, command in enumerate(commands):
+            if results[i] is None:  # the same command id twice in one batch
+                results[i] = results[in_batch[command.command_id]]
+        self._evict()
+        return results  # type: ignore[return-value]
+
+    def _append(
+        self,
+        commands: Sequence[Command],
+        staged: list[NewEvent],
+        staged_by: list[tuple[int, int, int, list[str]]],
+        pending: dict[str, tuple[Any, int]],
+        results: list[Result | None],
+    ) -> None:
+        positions: Sequence[object]
+        try:
+            positions = self.log.append_partition(self.partition, staged)
+        except ConcurrencyError as err:
+            # Only another writer could cause this, and the partition's lock forbids
+            # one; if it happens anyway, forget what this shard believed and say so.
+            for agg in {c.aggregate_id for c in err.conflicts}:
+                self._cache.pop(agg, None)
+            positions = err.appended
+            conflicted = {c.aggregate_id: str(c) for c in err.conflicts}
+        else:
+            conflicted = {}
+        for i, first, count, types in staged_by:
+            command = commands[i]
+            agg = command.aggregate_id
+            if agg in conflicted:
+                results[i] = _rejected(command, conflicted[agg])
+                continue
+            last = positions[first + count - 1]
+            version = staged[first + count - 1].version
+            result = Result(command.command_id, "accepted", agg, version, str(last), types)
+            results[i] = result
+            entry = self._cache[agg]
+            recent = entry.recent
+            recent[command.command_id] = result
+            if len(recent) > self.config.remembered:
+                del recent[next(iter(recent))]
+        for agg, (state, version) in pending.items():
+            if agg in conflicted:
+                continue
+            entry = self._cache[agg]
+            if self.policy.due(entry.version, version):
+                builtins = msgspec.to_builtins(state)
+                self.snapshots.save(agg, version, builtins, self._fingerprint)
+            entry.state, entry.version = state, version
+
+    # -- the cache ------------------------------------------------------------
+
+    def _rehydrate(self, aggregate_id: str) -> _Entry:
+        if self.log.last_version(aggregate_id) == 0:
+            return _Entry(self.aggregate.initial, 0, {})  # a new aggregate: nothing to read
+        self.rehydrations += 1
+        state, version = self.aggregate.initial, 0
+        snapshot = self.snapshots.load(aggregate_id, self._fingerprint)
+        if snapshot is not None:
+            state = msgspec.convert(snapshot.state, self._state_type)
+            version = snapshot.version
+        recent: dict[str, Result] = {}
+        events = self.log.decode(self.log.read_stream(aggregate_id, version + 1))
+        for e in events:
+            state = self.aggregate.evolve(state, e.payload)
+            version = e.version
+            _remember(recent, e)
+        while len(recent) > self.config.remembered:
+            del recent[next(iter(recent))]
+        return _Entry(state, version, recent)
+
+    def _evict(self) -> None:
+        cache = self._cache
+        while len(cache) > self.config.cache_size:
+            cache.popitem(last=False)
+            self.evictions += 1
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def _rejected(command: Command, reason: str) -> Result:
+    return Result(command.command_id, "rejected", command.aggregate_id, reason=reason)
+
+
+def _remember(results: dict[str, Result], e: RecordedEvent) -> None:
+    """Fold one logged event into the result of the command that caused it."""
+    found = results.get(e.command_id)
+    types = [*found.events, e.event_type] if found is not None else [e.event_type]
+    results[e.command_id] = Result(
+        e.command_id, "accepted", e.aggregate_id, e.version, f"{e.partition}:{e.position}", types
+    )

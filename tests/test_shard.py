@@ -1,0 +1,140 @@
+"""The decide step of one shard, on a real log: results, durability, idempotency, cache."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from flows._domain import Aggregate
+from flows._parse import Command
+from flows._shard import Shard, ShardConfig
+from flows.bank import ACCOUNT, CloseAccount, Deposit, Deposited, OpenAccount, Withdraw
+from store import ArrowLog, LogConfig, LogReader, SnapshotStore
+
+ticks = itertools.count(1_700_000_000_000_000)
+
+
+def shard(path: Path, config: ShardConfig | None = None, aggregate: Any = ACCOUNT) -> Shard:
+    log = ArrowLog.open(path, aggregate.layout(), LogConfig(partitions=1))
+    return Shard(
+        aggregate, log, 0, SnapshotStore(path / "snapshots"), config or ShardConfig(), ticks.__next__
+    )
+
+
+def cmd(command_id: str, agg: str, payload: Any, expected_version: int | None = None) -> Command:
+    return Command(command_id, agg, payload, expected_version, None)
+
+
+def test_a_batch_is_decided_in_order_and_made_durable(tmp_path: Path) -> None:
+    s = shard(tmp_path)
+    results = s.handle(
+        [
+            cmd("c1", "a", OpenAccount("ann")),
+            cmd("c2", "a", Deposit(50)),
+            cmd("c3", "a", Withdraw(80)),  # overdraws: rejected, state unchanged
+            cmd("c4", "a", Withdraw(50)),
+            cmd("c5", "b", Deposit(5)),  # not open
+        ]
+    )
+    assert [r.status for r in results] == ["accepted", "accepted", "rejected", "accepted", "rejected"]
+    assert [r.version for r in results] == [1, 2, None, 3, None]
+    assert [r.position for r in results] == ["0:0", "0:1", None, "0:2", None]
+    assert results[0].events == ["AccountOpened"]
+    assert "insufficient funds: balance 50" in (results[2].reason or "")
+    assert results[4].reason == "the account is not open"
+    s.close()
+    reader = LogReader.open(tmp_path, ACCOUNT.layout())
+    logged = reader.decode(reader.read_stream("a"))
+    assert [e.command_id for e in logged] == ["c1", "c2", "c4"]
+    assert ACCOUNT.fold(e.payload for e in logged).balance == 0
+
+
+def test_expected_version_is_honoured(tmp_path: Path) -> None:
+    s = shard(tmp_path)
+    s.handle([cmd("c1", "a", OpenAccount("ann"))])
+    [stale, fresh] = s.handle(
+        [cmd("c2", "a", Deposit(1), expected_version=0), cmd("c3", "a", Deposit(1), 1)]
+    )
+    assert stale.status == "rejected"
+    assert stale.reason == "expected version 0, but a is at version 1"
+    assert (fresh.status, fresh.version) == ("accepted", 2)
+
+
+def test_a_command_sent_again_gets_the_same_result_and_appends_nothing(tmp_path: Path) -> None:
+    s = shard(tmp_path)
+    first = s.handle([cmd("c1", "a", OpenAccount("ann")), cmd("c2", "a", Deposit(7))])
+    again = s.handle([cmd("c2", "a", Deposit(7)), cmd("c2", "a", Deposit(7))])
+    assert again == [first[1], first[1]]
+    twice_in_one_batch = s.handle([cmd("c3", "a", Deposit(1)), cmd("c3", "a", Deposit(1))])
+    assert twice_in_one_batch[0] == twice_in_one_batch[1]
+    assert s.watermark == 3
+    s.close()
+    # a new shard (a restarted flow) remembers too: it rehydrates from the log
+    s = shard(tmp_path)
+    assert s.handle([cmd("c2", "a", Deposit(7))]) == [first[1]]
+    assert s.watermark == 3
+
+
+def test_evicted_and_restarted_aggregates_come_back_from_snapshot_and_log(tmp_path: Path) -> None:
+    config = ShardConfig(cache_size=2, snapshot_every=5)
+    s = shard(tmp_path, config)
+    accounts = [f"acct-{i}" for i in range(5)]
+    s.handle([cmd(f"open-{a}", a, OpenAccount(a)) for a in accounts])
+    for n in range(12):
+        s.handle([cmd(f"dep-{a}-{n}", a, Deposit(n + 1)) for a in accounts])
+    assert s.evictions > 0 and s.rehydrations > 0
+    assert list((tmp_path / "snapshots").rglob("*.snap")), "expected snapshots"
+    [result] = s.handle([cmd("w", "acct-3", Withdraw(sum(range(1, 13)) + 1))])
+    assert result.reason == "insufficient funds: balance 78, overdraft limit 0, withdrawal 79"
+    s.close()
+    s = shard(tmp_path, config)
+    [result] = s.handle([cmd("w2", "acct-3", Withdraw(78))])
+    assert (result.status, result.version) == ("accepted", 14)
+
+
+def test_a_decider_that_raises_rejects_that_command_only(tmp_path: Path) -> None:
+    def decide(command: Any, state: Any) -> Any:
+        if command.amount == 13:
+            raise ValueError("unlucky")
+        return [Deposited(command.amount)]
+
+    counter = Aggregate(
+        name="Account",
+        initial=ACCOUNT.initial,
+        decide=decide,
+        evolve=ACCOUNT.evolve,
+        commands=(Deposit,),
+        events=ACCOUNT.events,
+    )
+    s = shard(tmp_path, aggregate=counter)
+    results = s.handle(
+        [cmd("c1", "a", Deposit(5)), cmd("c2", "a", Deposit(13)), cmd("c3", "a", Deposit(6))]
+    )
+    assert [r.status for r in results] == ["accepted", "rejected", "accepted"]
+    assert results[1].reason == "the decider raised ValueError: unlucky"
+    assert [r.version for r in results] == [1, None, 2]
+    assert s.watermark == 2
+
+
+def test_closing_needs_a_zero_balance(tmp_path: Path) -> None:
+    s = shard(tmp_path)
+    results = s.handle(
+        [
+            cmd("o", "a", OpenAccount("ann")),
+            cmd("d", "a", Deposit(5)),
+            cmd("c1", "a", CloseAccount()),
+            cmd("w", "a", Withdraw(5)),
+            cmd("c2", "a", CloseAccount()),
+            cmd("d2", "a", Deposit(5)),
+        ]
+    )
+    assert [r.status for r in results] == [
+        "accepted",
+        "accepted",
+        "rejected",
+        "accepted",
+        "accepted",
+        "rejected",
+    ]
+    assert results[5].reason == "the account is closed"
