@@ -30,7 +30,7 @@ class CommandRecord(msgspec.Struct, forbid_unknown_fields=True):
     type: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     aggregate_id: _Id
     data: msgspec.Raw
-    expected_version: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    expected_version: Annotated[int, msgspec.Meta(ge=0, le=2**62)] | None = None
     correlation_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
 
@@ -55,7 +55,7 @@ class Invalid:
 
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-_FIELD = re.compile(r"Object (?P<kind>missing required|contains unknown) field `(?P<field>[^`]+)`")
+_FIELD = re.compile(r"Object (?P<kind>missing required|contains unknown) field `(?P<field>.+)`$")
 
 
 class Parser:
@@ -85,7 +85,7 @@ class Parser:
             )
         try:
             record = self._envelope[fmt].decode(raw)
-        except msgspec.DecodeError as err:
+        except _UNDECODABLE as err:
             return self._invalid(raw, fmt, err, prefix="")
         decoder = self._data[fmt].get(record.type)
         if decoder is None:
@@ -97,7 +97,7 @@ class Parser:
             )
         try:
             payload = decoder.decode(record.data)
-        except msgspec.DecodeError as err:
+        except _UNDECODABLE as err:
             invalid = self._invalid(bytes(record.data), fmt, err, prefix="data")
             return Invalid(invalid.reason, record.command_id, record.aggregate_id)
         return Command(
@@ -108,13 +108,18 @@ class Parser:
             record.correlation_id,
         )
 
-    def _invalid(self, raw: bytes, fmt: Format, err: msgspec.DecodeError, prefix: str) -> Invalid:
+    def _invalid(self, raw: bytes, fmt: Format, err: Exception, prefix: str) -> Invalid:
         """Name the field, the value found there and what was expected."""
         message = str(err)
         found = _generic(raw, fmt)
         ids = found if isinstance(found, dict) and not prefix else {}
-        command_id = ids.get("command_id") if isinstance(ids.get("command_id"), str) else None
-        aggregate_id = ids.get("aggregate_id") if isinstance(ids.get("aggregate_id"), str) else None
+        command_id, aggregate_id = _usable(ids.get("command_id")), _usable(ids.get("aggregate_id"))
+        if isinstance(err, RecursionError):
+            return Invalid("record: nested too deeply", command_id, aggregate_id)
+        if isinstance(err, UnicodeError):
+            return Invalid(
+                f"{prefix or 'record'}: a string is not valid UTF-8", command_id, aggregate_id
+            )
         if not isinstance(err, msgspec.ValidationError):
             what = "JSON" if fmt == "json" else "msgpack"
             where = f"{prefix}: " if prefix else ""
@@ -141,13 +146,23 @@ class Parser:
 
 
 _MISSING = object()
+# What decoding untrusted bytes can raise: msgspec's errors, and two of Python's that
+# its C code lets through (deep nesting, strings that are not UTF-8).
+_UNDECODABLE = (msgspec.DecodeError, RecursionError, UnicodeError)
 
 
 def _generic(raw: bytes, fmt: Format) -> Any:
     try:
         return msgspec.json.decode(raw) if fmt == "json" else msgspec.msgpack.decode(raw)
-    except msgspec.DecodeError:
+    except _UNDECODABLE:
         return _MISSING
+
+
+def _usable(value: Any) -> str | None:
+    """An id worth carrying into a result: one that would itself pass validation."""
+    if isinstance(value, str) and 0 < len(value) <= 256 and "\x00" not in value:
+        return value
+    return None
 
 
 def _lookup(doc: Any, path: str) -> Any:
