@@ -52,7 +52,8 @@ ENTRY_DTYPE = np.dtype(
     ]
 )
 assert ENTRY_DTYPE.itemsize == ENTRY_SIZE
-_PREAMBLE = struct.Struct("<8sII")  # magic, schema header length, schema header CRC-32
+# magic, schema header length, schema header CRC-32, and the preamble's own CRC-32
+_PREAMBLE = struct.Struct("<8sIII")
 PREAMBLE_SIZE = _PREAMBLE.size
 _MAGIC = b"CQFDIR01"
 
@@ -109,8 +110,15 @@ def read_preamble(files: SegmentFiles) -> tuple[int, int] | None:
         return None
     if len(raw) < PREAMBLE_SIZE:
         return None
-    magic, length, crc = _PREAMBLE.unpack(raw)
-    return (length, crc) if magic == _MAGIC else None
+    magic, length, crc, own = _PREAMBLE.unpack(raw)
+    if magic != _MAGIC or zlib.crc32(raw[:-4]) != own:
+        return None
+    return length, crc
+
+
+def _preamble(header: bytes) -> bytes:
+    raw = _PREAMBLE.pack(_MAGIC, len(header), zlib.crc32(header), 0)[:-4]
+    return raw + struct.pack("<I", zlib.crc32(raw))
 
 
 def read_entries(files: SegmentFiles, start: int = 0) -> np.ndarray:
@@ -156,7 +164,7 @@ class SegmentWriter:
         tmp = files.data.with_suffix(".arrows.tmp")
         try:
             for path, content in (
-                (files.dir, _PREAMBLE.pack(_MAGIC, len(header), zlib.crc32(header))),
+                (files.dir, _preamble(header)),
                 (tmp, header),
             ):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -18,7 +18,12 @@ ticks = itertools.count(1_700_000_000_000_000)
 def shard(path: Path, config: ShardConfig | None = None, aggregate: Any = ACCOUNT) -> Shard:
     log = ArrowLog.open(path, aggregate.layout(), LogConfig(partitions=1))
     return Shard(
-        aggregate, log, 0, SnapshotStore(path / "snapshots"), config or ShardConfig(), ticks.__next__
+        aggregate,
+        log,
+        0,
+        SnapshotStore(path / "snapshots"),
+        config or ShardConfig(),
+        ticks.__next__,
     )
 
 
@@ -37,7 +42,13 @@ def test_a_batch_is_decided_in_order_and_made_durable(tmp_path: Path) -> None:
             cmd("c5", "b", Deposit(5)),  # not open
         ]
     )
-    assert [r.status for r in results] == ["accepted", "accepted", "rejected", "accepted", "rejected"]
+    assert [r.status for r in results] == [
+        "accepted",
+        "accepted",
+        "rejected",
+        "accepted",
+        "rejected",
+    ]
     assert [r.version for r in results] == [1, 2, None, 3, None]
     assert [r.position for r in results] == ["0:0", "0:1", None, "0:2", None]
     assert results[0].events == ["AccountOpened"]
