@@ -1,67 +1,92 @@
-"""`cqrsflow demo`: the README's main job, on an embedded bank workload."""
+"""`cqrsflow demo`: the README's main job, on an embedded bank workload.
+
+It generates commands, runs them through the command flow into the event log, and
+shows what happened: outcomes, throughput, a few results, the log on disk, one
+account's history read through the index, and totals straight from the Arrow log.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
+import msgspec
 import polars as pl
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
-from flows import bank
-from flows._bench_store import BATCH, HOT, bank_batches
-from store import ArrowLog, LogConfig, LogReader, to_polars, verify_log
+from flows._generate import bank_commands, encoder
+from flows._results import Result
+from flows._runcmd import RunOptions, prepare, run_process
+from flows.bank import ACCOUNT
+from store import Fsync, LogReader, to_polars, verify_log
 from store._verify import segment_stats
 
 
-def run_demo(data: Path, events: int, console: Console) -> int:
-    console.rule("cqrsflow demo: the bank")
-    console.print(f"data directory: {data}")
-    layout = bank.layout()
-    started = time.perf_counter()
-    with (
-        ArrowLog.open(data, layout, LogConfig(segment_bytes=8 * 1024 * 1024)) as log,
-        Progress(console=console, transient=True, disable=not console.is_terminal) as progress,
-    ):
-        task = progress.add_task("appending events", total=events)
-        batches = bank_batches(
-            events, accounts=max(events // 50, 1), hot_every=max(events // 500, 1)
-        )
-        for batch in batches:
-            log.append(batch)
-            progress.advance(task, len(batch))
-    seconds = time.perf_counter() - started
+def run_demo(data: Path, commands: int, console: Console, *, keep: bool) -> int:
+    console.rule("cqrsflow demo: a bank")
+    accounts = max(commands // 20, 1)
+    data.mkdir(parents=True, exist_ok=True)
+    workload = data / "commands.jsonl"
+    encode = encoder("jsonl")
+    with open(workload, "wb") as f:
+        f.writelines(map(encode, bank_commands(commands, accounts, invalid_rate=0.01)))
     console.print(
-        f"wrote {events:,} events in batches of {BATCH:,} with fsync per batch: "
-        f"{events / seconds:,.0f} events/s (including generating them)"
+        f"1. generated {commands:,} commands for {accounts:,} accounts ({workload}); "
+        "1% are malformed on purpose",
+        highlight=False,
     )
+
+    before = prepare(data)
+    started = time.perf_counter()
+    options = RunOptions(str(workload), data, "jsonl", 1, 1, 4, Fsync.ALWAYS)
+    run_process(ACCOUNT, options)
+    seconds = time.perf_counter() - started
+    results = _new_results(data, before)
+    counts = Counter(r.status for r in results)
+    console.print(
+        f"2. ran them through the flow (parse, decide, append with fsync per batch, "
+        f"result) in {seconds:.2f} s: {len(results) / seconds:,.0f} commands/s",
+        highlight=False,
+    )
+    table = Table("outcome", "commands", "example", title="results", title_justify="left")
+    for status in ("accepted", "rejected", "invalid"):
+        example = next((r for r in results if r.status == status), None)
+        shown = ""
+        if example is not None:
+            shown = (
+                f"{example.aggregate_id} v{example.version} at {example.position}: {example.events}"
+                if status == "accepted"
+                else f"{example.command_id}: {example.reason}"
+            )
+        table.add_row(status, f"{counts[status]:,}", shown)
+    console.print(table)
 
     segments = segment_stats(data)
+    events = sum(s.events for s in segments)
     disk = sum(s.bytes for s in segments)
-    console.print(
-        f"{len(segments)} segment(s), {disk / 1024 / 1024:.1f} MiB, {disk / events:.0f} bytes per event"
-    )
     problems = list(verify_log(data))
     console.print(
-        "log verify: "
-        + ("[green]every checksum matches[/]" if not problems else f"[red]{problems[0]}[/]")
+        f"3. the log: {events:,} events in {len(segments)} segments over "
+        f"{len({s.partition for s in segments})} partitions, {disk / max(events, 1):.0f} bytes "
+        f"per event; verify: {'every checksum matches' if not problems else problems[0]}",
+        highlight=False,
     )
 
-    reader = LogReader.open(data, layout)
-    started = time.perf_counter()
-    stream = reader.read_stream(HOT)
-    took = (time.perf_counter() - started) * 1000
-    history = reader.decode(stream)
-    console.print(
-        f"\naccount {HOT!r}: {len(history)} events, read through the index in {took:.2f} ms"
-    )
-    table = Table("version", "position", "event", "amount", title=f"the last five events of {HOT}")
-    for e in history[-5:]:
-        amount = getattr(e.payload, "amount", "")
-        table.add_row(str(e.version), str(e.position), e.event_type, str(amount))
-    console.print(table)
+    reader = LogReader.open(data, ACCOUNT.layout())
+    busiest = Counter(r.aggregate_id for r in results if r.status == "accepted").most_common(1)
+    if busiest and busiest[0][0] is not None:
+        account = busiest[0][0]
+        started = time.perf_counter()
+        history = reader.decode(reader.read_stream(account))
+        took = (time.perf_counter() - started) * 1000
+        state = ACCOUNT.fold(e.payload for e in history)
+        console.print(
+            f"4. {account}: {len(history)} events read through the index in {took:.2f} ms; "
+            f"balance {state.balance:,}, {state.status}",
+            highlight=False,
+        )
 
     totals = (
         to_polars(reader)
@@ -71,9 +96,23 @@ def run_demo(data: Path, events: int, console: Console) -> int:
         .collect()
     )
     summary = Table(
-        "event type", "events", "sum(amount)", title="the whole log, through polars (zero-copy)"
+        "event type", "events", "sum(amount)", title="5. the whole log through polars, zero-copy"
     )
     for row in totals.iter_rows():
         summary.add_row(str(row[0]), f"{row[1]:,}", f"{row[2] or 0:,}")
     console.print(summary)
+    if keep:
+        console.print(f"explore it: cqrsflow log stats --data {data}", highlight=False)
+    else:
+        console.print("(pass --data DIR to keep the data directory and explore it)")
     return 0
+
+
+def _new_results(data: Path, before: dict[Path, int]) -> list[Result]:
+    decoder = msgspec.json.Decoder(Result)
+    found: list[Result] = []
+    for path in sorted((data / "results").glob("*.jsonl")):
+        with open(path, "rb") as f:
+            f.seek(before.get(path, 0))
+            found.extend(decoder.decode(line) for line in f)
+    return found

@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
-from store import DataDirError, StoreError
+from store import DataDirError, Fsync, StoreError, log_partitions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -33,13 +35,53 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run the bank example end to end and show what happened",
-        description="Generate a bank workload, write it to an event log, and show the log: "
-        "throughput, segments, one account's history and totals by event type.",
+        description="Generate a bank workload, run it through the command flow into the "
+        "event log, and show what happened: outcomes, throughput, the log on disk, one "
+        "account's history and totals by event type.",
     )
     demo.add_argument("--data", type=Path, help="data directory (default: a new temporary one)")
     demo.add_argument(
-        "--events", type=int, default=200_000, help="events to write (default 200,000)"
+        "--commands", type=int, default=100_000, help="commands to run (default 100,000)"
     )
+
+    gen = sub.add_parser(
+        "generate",
+        help="write a reproducible workload of commands",
+        description="Write a realistic, reproducible command workload: accounts opened on "
+        "first use, deposits and withdrawals, some commands that must be rejected, and at "
+        "--invalid-rate some malformed records.",
+    )
+    gen.add_argument("domain", choices=DOMAINS, help="the example domain")
+    gen.add_argument("--commands", type=int, required=True, help="how many commands")
+    gen.add_argument("--accounts", type=int, required=True, help="how many distinct accounts")
+    gen.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    gen.add_argument(
+        "--invalid-rate", type=float, default=0.0, help="share of malformed records, 0 to 1"
+    )
+    gen.add_argument("--format", choices=["jsonl", "msgpack"], default="jsonl")
+    gen.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+
+    run = sub.add_parser(
+        "run",
+        help="run a domain's command flow over a file, a directory or stdin",
+        description="Decide every command, append the events to the log in DIR, and write a "
+        "result per command to DIR/results (invalid records also to DIR/dead-letter). Run "
+        "again on the same input after a crash: it resumes, and duplicates nothing.",
+    )
+    run.add_argument("domain", choices=DOMAINS, help="the domain whose commands these are")
+    run.add_argument("--commands", required=True, help="a .jsonl/.msgpack file, a directory, or -")
+    run.add_argument("--data", type=Path, required=True, help="the data directory")
+    run.add_argument("--format", choices=["jsonl", "msgpack"], help="default: from the file name")
+    run.add_argument("--workers", type=int, default=1, help="worker threads per process")
+    run.add_argument("--processes", type=int, default=1, help="processes (on this machine)")
+    run.add_argument(
+        "--partitions",
+        type=int,
+        help="log partitions of a new log (default 4); an existing log keeps its own",
+    )
+    run.add_argument("--fsync", choices=[f.value for f in Fsync], default="always")
+    run.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--addresses", help=argparse.SUPPRESS)
 
     log = sub.add_parser("log", help="inspect the event log", description="Inspect the event log.")
     log_sub = log.add_subparsers(dest="log_command", required=True, metavar="ACTION")
@@ -87,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args, console)
+        if args.command == "generate":
+            return _generate(args, errors)
+        if args.command == "run":
+            return _run(args, argv, console)
         if args.command == "log":
             return _log(args, console)
         if args.command == "bench":
@@ -104,6 +150,88 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE  # pragma: no cover  (parser.error exits)
+
+
+def _generate(args: argparse.Namespace, errors: Console) -> int:
+    from rich.progress import Progress
+
+    from flows._generate import bank_commands, encoder
+
+    if args.commands < 0 or args.accounts < 1:
+        raise UsageError("--commands must be >= 0 and --accounts >= 1")
+    if not 0 <= args.invalid_rate <= 1:
+        raise UsageError(f"--invalid-rate {args.invalid_rate}: expected a share from 0 to 1")
+    encode = encoder(args.format)
+    records = bank_commands(
+        args.commands, args.accounts, seed=args.seed, invalid_rate=args.invalid_rate
+    )
+    out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+    try:
+        with Progress(console=errors, transient=True, disable=not errors.is_terminal) as bar:
+            task = bar.add_task("generating", total=args.commands)
+            chunk: list[bytes] = []
+            for record in records:
+                chunk.append(encode(record))
+                if len(chunk) == 10_000:
+                    out.write(b"".join(chunk))
+                    bar.advance(task, len(chunk))
+                    chunk = []
+            out.write(b"".join(chunk))
+    finally:
+        if args.output:
+            out.close()
+        else:
+            out.flush()
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console) -> int:
+    from flows._runcmd import RunOptions, prepare, run_cluster, run_process, summarize
+
+    if args.commands != "-" and not Path(args.commands).exists():
+        raise UsageError(f"--commands {args.commands}: no such file or directory")
+    for flag in ("workers", "processes", "partitions"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} {getattr(args, flag)}: expected at least 1")
+    existing = log_partitions(args.data)
+    if existing is not None and args.partitions not in (None, existing):
+        raise UsageError(
+            f"--partitions {args.partitions}: the log in {args.data} has {existing}, fixed when "
+            "it was created; leave --partitions out"
+        )
+    options = RunOptions(
+        commands=args.commands,
+        data_dir=args.data,
+        format=args.format,
+        workers=args.workers,
+        processes=args.processes,
+        partitions=existing or args.partitions or 4,
+        fsync=Fsync(args.fsync),
+        process_id=args.process_id,
+        addresses=args.addresses.split(";") if args.addresses else None,
+    )
+    if args.process_id is not None:  # a child of a cluster run
+        run_process(DOMAINS[args.domain](), options)
+        return EXIT_OK
+    started = time.perf_counter()
+    before = prepare(args.data)
+    if args.processes > 1:
+        code = run_cluster(list(argv if argv is not None else sys.argv[1:]), args.processes)
+        if code:
+            return EXIT_FAILURE
+    else:
+        run_process(DOMAINS[args.domain](), options)
+    summarize(args.data, before, started, console)
+    return EXIT_OK
+
+
+def _bank() -> Any:
+    from flows.bank import ACCOUNT
+
+    return ACCOUNT
+
+
+DOMAINS = {"bank": _bank}
 
 
 def _require_log(data: Path) -> None:
@@ -150,12 +278,14 @@ def _bench(args: argparse.Namespace, console: Console, errors: Console) -> int:
 def _demo(args: argparse.Namespace, console: Console) -> int:
     from flows._demo import run_demo
 
-    if args.events < 1:
-        raise UsageError(f"--events {args.events}: expected a positive number")
+    if args.commands < 1:
+        raise UsageError(f"--commands {args.commands}: expected a positive number")
     if args.data is None:
         with tempfile.TemporaryDirectory(prefix="cqrsflow-demo-") as tmp:
-            return run_demo(Path(tmp), args.events, console)
-    return run_demo(args.data, args.events, console)
+            return run_demo(Path(tmp), args.commands, console, keep=False)
+    if (args.data / "log").exists():
+        raise UsageError(f"--data {args.data}: already holds a log; the demo needs a new directory")
+    return run_demo(args.data, args.commands, console, keep=True)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,12 @@ def log_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "log"
 
 
+def log_partitions(data_dir: str | Path) -> int | None:
+    """The partition count of the log in `data_dir`, or None if there is no log yet."""
+    manifest = _read_manifest(log_dir(data_dir))
+    return None if manifest is None else manifest["partitions"]
+
+
 class LogReader:
     """Read-only view of a log; safe while a writer appends. Call `refresh` to see new events."""
 

@@ -34,6 +34,7 @@ def test_store_exports() -> None:
         "StoreError",
         "VersionConflict",
         "fingerprint",
+        "log_partitions",
         "log_table",
         "partition_of",
         "to_polars",

@@ -1,0 +1,139 @@
+"""`cqrsflow run`: run a domain's command flow over a file, a directory or stdin."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+
+from connectors import JsonLinesSink, JsonLinesSource, MsgpackSource, StdinSource
+from flows._dataflow import FlowConfig, command_flow, init_recovery, run_flow
+from flows._domain import Aggregate
+from flows._results import Result
+from store import Fsync, LogReader
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    commands: str  # a path, or "-" for stdin
+    data_dir: Path
+    format: str | None  # "jsonl" | "msgpack"; None: from the file name
+    workers: int
+    processes: int
+    partitions: int
+    fsync: Fsync
+    process_id: int | None = None
+    addresses: list[str] | None = None
+
+
+def _source(options: RunOptions) -> Any:
+    fmt = options.format
+    if options.commands == "-":
+        return StdinSource("msgpack" if fmt == "msgpack" else "json")
+    path = Path(options.commands)
+    if fmt is None:
+        fmt = "msgpack" if path.suffix in (".msgpack", ".mpk") else "jsonl"
+    return MsgpackSource(path) if fmt == "msgpack" else JsonLinesSource(path)
+
+
+def run_process(aggregate: Aggregate[Any], options: RunOptions) -> None:
+    """Run this process's part of the flow (all of it, with one process)."""
+    config = FlowConfig(options.data_dir, partitions=options.partitions, fsync=options.fsync)
+    flow = command_flow(
+        aggregate,
+        _source(options),
+        JsonLinesSink(options.data_dir / "results", "results"),
+        JsonLinesSink(options.data_dir / "dead-letter", "dead-letter"),
+        config,
+    )
+    run_flow(
+        flow,
+        options.data_dir / "recovery",
+        workers=options.workers,
+        process_id=options.process_id,
+        addresses=options.addresses,
+    )
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def run_cluster(argv: list[str], processes: int) -> int:
+    """Start one child per process, on loopback, and wait for all of them."""
+    addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                *argv,
+                "--process-id",
+                str(i),
+                "--addresses",
+                addresses,
+            ]
+        )
+        for i in range(processes)
+    ]
+    codes = [c.wait() for c in children]
+    return next((c for c in codes if c != 0), 0)
+
+
+def _result_lines(data_dir: Path) -> dict[Path, int]:
+    return {p: p.stat().st_size for p in (data_dir / "results").glob("*.jsonl")}
+
+
+def summarize(data_dir: Path, before: dict[Path, int], started: float, console: Console) -> None:
+    """What this run did, read back from the results it wrote."""
+    counts: Counter[str] = Counter()
+    decoder = msgspec.json.Decoder(Result)
+    for path in (data_dir / "results").glob("*.jsonl"):
+        with open(path, "rb") as f:
+            f.seek(before.get(path, 0))
+            for line in f:
+                counts[decoder.decode(line).status] += 1
+    seconds = time.perf_counter() - started
+    total = sum(counts.values())
+    events = sum(LogReader.open(data_dir).watermarks().values())
+    if not total:
+        console.print(
+            f"no new commands: this input was processed before (the run resumed where it "
+            f"stopped, as recorded in {data_dir / 'recovery'}); the log holds {events:,} events",
+            highlight=False,
+        )
+        return
+    console.print(
+        f"{total:,} commands in {seconds:.1f} s ({total / seconds:,.0f}/s): "
+        f"{counts['accepted']:,} accepted, {counts['rejected']:,} rejected, "
+        f"{counts['invalid']:,} invalid; the log holds {events:,} events",
+        highlight=False,
+    )
+    console.print(
+        f"results in {data_dir / 'results'}, invalid records in {data_dir / 'dead-letter'}",
+        highlight=False,
+    )
+
+
+def prepare(data_dir: Path) -> dict[Path, int]:
+    """Create the data directory's parts that every process shares; note the results so far."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.makedirs(data_dir / "results", exist_ok=True)
+    init_recovery(data_dir / "recovery")
+    return _result_lines(data_dir)
