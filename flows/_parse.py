@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
@@ -34,9 +34,11 @@ class CommandRecord(msgspec.Struct, forbid_unknown_fields=True):
     correlation_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    """A command that passed validation, ready for its aggregate's decider."""
+class Command(NamedTuple):
+    """A command that passed validation, ready for its aggregate's decider.
+
+    A named tuple: immutable, and built once per command at a fraction of a frozen
+    dataclass's cost."""
 
     command_id: str
     aggregate_id: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
@@ -47,6 +48,11 @@ def _source(options: RunOptions) -> Any:
 
 def run_process(aggregate: Aggregate[Any], options: RunOptions) -> None:
     """Run this process's part of the flow (all of it, with one process)."""
+    # The aggregate cache keeps hundreds of thousands of objects alive, and the cyclic
+    # collector would rescan them all every few batches: a third of the time spent
+    # deciding. Freeze what exists now and collect the young generation less often.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     config = FlowConfig(options.data_dir, partitions=options.partitions, fsync=options.fsync)
     flow = command_flow(
         aggregate,

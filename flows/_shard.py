@@ -37,6 +37,7 @@ from store import (
     ArrowLog,
     ConcurrencyError,
     NewEvent,
+    Positions,
     RecordedEvent,
     SnapshotPolicy,
     SnapshotStore,
@@ -183,7 +184,7 @@ class Shard:
         pending: dict[str, tuple[Any, int]],
         results: list[Result | None],
     ) -> None:
-        positions: Sequence[object]
+        positions: Positions
         try:
             positions = self.log.append_partition(self.partition, staged)
         except ConcurrencyError as err:
@@ -191,7 +192,7 @@ class Shard:
             # one; if it happens anyway, forget what this shard believed and say so.
             for agg in {c.aggregate_id for c in err.conflicts}:
                 self._cache.pop(agg, None)
-            positions = err.appended
+            positions = err.appended  # type: ignore[assignment]
             conflicted = {c.aggregate_id: str(c) for c in err.conflicts}
         else:
             conflicted = {}
@@ -201,9 +202,9 @@ class Shard:
             if agg in conflicted:
                 results[i] = _rejected(command, conflicted[agg])
                 continue
-            last = positions[first + count - 1]
+            last = positions.text(first + count - 1)
             version = staged[first + count - 1].version
-            result = Result(command.command_id, "accepted", agg, version, str(last), types)
+            result = Result(command.command_id, "accepted", agg, version, last, types)
             results[i] = result
             entry = self._cache[agg]
             recent = entry.recent

@@ -9,7 +9,7 @@ closes only at a zero balance; a closed account accepts nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -106,14 +106,20 @@ def decide(command: Any, state: Account) -> Decision:
 
 
 def evolve(state: Account, event: Any) -> Account:
+    # Plain constructor calls: dataclasses.replace costs five times as much, and this
+    # runs once per event on the hot path.
     if isinstance(event, Deposited):
-        return replace(state, balance=state.balance + event.amount)
+        return Account(
+            state.status, state.owner, state.balance + event.amount, state.overdraft_limit
+        )
     if isinstance(event, Withdrawn):
-        return replace(state, balance=state.balance - event.amount)
+        return Account(
+            state.status, state.owner, state.balance - event.amount, state.overdraft_limit
+        )
     if isinstance(event, AccountOpened):
         return Account("open", event.owner, 0, event.overdraft_limit)
     if isinstance(event, AccountClosed):
-        return replace(state, status="closed")
+        return Account("closed", state.owner, state.balance, state.overdraft_limit)
     return state
 
 

@@ -119,6 +119,14 @@ class Positions(Sequence[Position]):
         p = self._partitions if isinstance(self._partitions, int) else self._partitions[i]
         return Position(p, offset)
 
+    def text(self, i: int) -> str:
+        """Position i as ``partition:offset``, without building a Position."""
+        offset = self._offsets[i]
+        if offset is None:
+            raise LookupError(f"event {i} was not appended (its aggregate had a conflict)")
+        p = self._partitions if isinstance(self._partitions, int) else self._partitions[i]
+        return f"{p}:{offset}"
+
     def get(self, i: int) -> Position | None:
         """The position of event i, or None if it was not appended."""
         return None if self._offsets[i] is None else self[i]

@@ -220,8 +220,8 @@ class PartitionReader:
         return SealedIndex(seg.files.index)
 
     def last_version(self, aggregate_id: str) -> int:
-        if self._versions is not None:  # a writer keeps every aggregate's version
-            return self.versions().get(aggregate_id, 0)
+        if self._versions is not None:  # the writer in this process keeps it current
+            return self._versions.get(aggregate_id, 0)
         self._catch_up()
         for seg in reversed(self.segments):  # a reader looks only this aggregate up
             rows, last, _ = self._lookup(seg, aggregate_id)
