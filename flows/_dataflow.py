@@ -12,6 +12,7 @@ touches is here, behind `command_flow` and `run_flow`.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,3 +180,14 @@ def init_recovery(recovery_dir: Path) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         init_db_dir(tmp, 1)  # type: ignore[no-untyped-call]
         tmp.rename(recovery_dir)
+
+
+def tune_gc() -> None:
+    """Set the process's garbage collector up for a flow.
+
+    The aggregate cache keeps hundreds of thousands of objects alive, and the cyclic
+    collector would rescan them all every few batches: a third of the time spent
+    deciding. Freeze what exists now and collect the young generation less often.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)

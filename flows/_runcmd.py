@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import subprocess
@@ -17,7 +16,7 @@ import msgspec
 from rich.console import Console
 
 from connectors import JsonLinesSink, JsonLinesSource, MsgpackSource, StdinSource
-from flows._dataflow import FlowConfig, command_flow, init_recovery, run_flow
+from flows._dataflow import FlowConfig, command_flow, init_recovery, run_flow, tune_gc
 from flows._domain import Aggregate
 from flows._results import Result
 from store import Fsync, LogReader
@@ -48,11 +47,7 @@ def _source(options: RunOptions) -> Any:
 
 def run_process(aggregate: Aggregate[Any], options: RunOptions) -> None:
     """Run this process's part of the flow (all of it, with one process)."""
-    # The aggregate cache keeps hundreds of thousands of objects alive, and the cyclic
-    # collector would rescan them all every few batches: a third of the time spent
-    # deciding. Freeze what exists now and collect the young generation less often.
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
+    tune_gc()
     config = FlowConfig(options.data_dir, partitions=options.partitions, fsync=options.fsync)
     flow = command_flow(
         aggregate,

@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Measure cqrsflow against baselines run in the same process. Every figure "
         "is a median of several runs; ratios compare with the baseline measured alongside.",
     )
-    bench.add_argument("suite", choices=["write", "read"], help="what to measure")
+    bench.add_argument("suite", choices=["write", "read", "commands"], help="what to measure")
     bench.add_argument(
         "--json", action="store_true", help="print one JSON object with every figure"
     )
@@ -255,6 +255,7 @@ def _log(args: argparse.Namespace, console: Console) -> int:
 
 def _bench(args: argparse.Namespace, console: Console, errors: Console) -> int:
     from flows._bench import render, to_json
+    from flows._bench_flow import bench_commands
     from flows._bench_store import SCALES, bench_read, bench_write
 
     scale = SCALES[args.scale]
@@ -266,7 +267,7 @@ def _bench(args: argparse.Namespace, console: Console, errors: Console) -> int:
 
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="cqrsflow-bench-") as tmp:
         work = Path(tmp)
-        suite = bench_write if args.suite == "write" else bench_read
+        suite = {"write": bench_write, "read": bench_read, "commands": bench_commands}[args.suite]
         figures = suite(scale, work, progress)
     if args.json:
         print(to_json(figures))
