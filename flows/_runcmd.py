@@ -19,7 +19,7 @@ from connectors import JsonLinesSink, JsonLinesSource, MsgpackSource, StdinSourc
 from flows._dataflow import FlowConfig, command_flow, init_recovery, run_flow, tune_gc
 from flows._domain import Aggregate
 from flows._results import Result
-from store import Fsync, LogReader
+from store import Fsync, LogReader, log_partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,20 +48,23 @@ def _source(options: RunOptions) -> Any:
 def run_process(aggregate: Aggregate[Any], options: RunOptions) -> None:
     """Run this process's part of the flow (all of it, with one process)."""
     tune_gc()
+    run_flow(
+        _flow(aggregate, options),
+        options.data_dir / "recovery",
+        workers=options.workers,
+        process_id=options.process_id,
+        addresses=options.addresses,
+    )
+
+
+def _flow(aggregate: Aggregate[Any], options: RunOptions) -> Any:
     config = FlowConfig(options.data_dir, partitions=options.partitions, fsync=options.fsync)
-    flow = command_flow(
+    return command_flow(
         aggregate,
         _source(options),
         JsonLinesSink(options.data_dir / "results", "results"),
         JsonLinesSink(options.data_dir / "dead-letter", "dead-letter"),
         config,
-    )
-    run_flow(
-        flow,
-        options.data_dir / "recovery",
-        workers=options.workers,
-        process_id=options.process_id,
-        addresses=options.addresses,
     )
 
 
@@ -138,3 +141,27 @@ def prepare(data_dir: Path) -> dict[Path, int]:
     os.makedirs(data_dir / "results", exist_ok=True)
     init_recovery(data_dir / "recovery")
     return _result_lines(data_dir)
+
+
+def flow_from_environment(aggregate: Aggregate[Any]) -> Any:
+    """The flow `cqrsflow run` would build, configured by CQRSFLOW_* variables."""
+    try:
+        commands = os.environ["CQRSFLOW_COMMANDS"]
+        data_dir = Path(os.environ["CQRSFLOW_DATA"])
+    except KeyError as err:
+        raise SystemExit(
+            f"set {err.args[0]}: CQRSFLOW_COMMANDS (a file, a directory or -) and "
+            "CQRSFLOW_DATA (the data directory) say what to run and where"
+        ) from None
+    partitions = log_partitions(data_dir) or int(os.environ.get("CQRSFLOW_PARTITIONS", "4"))
+    options = RunOptions(
+        commands=commands,
+        data_dir=data_dir,
+        format=os.environ.get("CQRSFLOW_FORMAT"),
+        workers=1,
+        processes=1,
+        partitions=partitions,
+        fsync=Fsync(os.environ.get("CQRSFLOW_FSYNC", "always")),
+    )
+    prepare(data_dir)
+    return _flow(aggregate, options)

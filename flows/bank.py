@@ -136,3 +136,18 @@ ACCOUNT = Aggregate(
 def layout() -> Layout:
     """The log layout of the bank's events."""
     return ACCOUNT.layout()
+
+
+def __getattr__(name: str) -> Any:
+    """`flows.bank:flow`, for ``python -m bytewax.run flows.bank:flow``.
+
+    Built on first access from the environment: ``CQRSFLOW_COMMANDS`` (a file, a
+    directory, or ``-`` for stdin), ``CQRSFLOW_DATA`` (the data directory), and
+    optionally ``CQRSFLOW_FORMAT`` (jsonl | msgpack), ``CQRSFLOW_PARTITIONS`` (for a
+    new log, default 4) and ``CQRSFLOW_FSYNC`` (always | interval | never).
+    """
+    if name != "flow":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from flows._runcmd import flow_from_environment
+
+    return flow_from_environment(ACCOUNT)

@@ -241,3 +241,28 @@ def test_sigkill_mid_run_then_restart_loses_and_duplicates_nothing(
     for events in content.values():
         state = ACCOUNT.fold(payload for *_, payload in events)
         assert state.balance >= -state.overdraft_limit
+
+
+def test_bytewax_run_finds_the_bank_flow_configured_by_the_environment(tmp_path: Path) -> None:
+    commands = tmp_path / "commands.jsonl"
+    generate(commands, 500, 50)
+    env = {**os.environ, "CQRSFLOW_COMMANDS": str(commands), "CQRSFLOW_DATA": str(tmp_path / "d")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "flows.bank:flow"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(read_results(tmp_path / "d")) == 500
+    missing = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "flows.bank:flow"],
+        env={k: v for k, v in env.items() if k != "CQRSFLOW_DATA"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert missing.returncode != 0 and "CQRSFLOW_DATA" in missing.stderr
