@@ -180,7 +180,6 @@ class Layout:
             "event_type", pa.dictionary(_TYPE_CODE, pa.string()), nullable=False
         )
         self.read_schema = pa.schema(read_envelope + payload, metadata=meta)
-        self._names = self.read_schema.names
         self._extract = self._compile_extractor()
 
     # -- construction -------------------------------------------------------

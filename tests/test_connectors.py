@@ -22,7 +22,6 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source, StatefulSourcePartition
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-import connectors
 from connectors import (
     GeneratorSource,
     JsonLinesSink,
@@ -70,29 +69,6 @@ def drain(part: StatefulSourcePartition[RawBatch, int]) -> list[RawBatch]:
             out += part.next_batch()
         except StopIteration:
             return out
-
-
-# -- the public API -------------------------------------------------------------
-
-
-def test_connectors_exports() -> None:
-    assert set(connectors.__all__) == {
-        "ConnectorError",
-        "Format",
-        "GeneratorSource",
-        "JsonLinesSink",
-        "JsonLinesSource",
-        "LogTailSource",
-        "MissingExtraError",
-        "MsgpackSource",
-        "RawBatch",
-        "Record",
-        "SourceError",
-        "StdinSource",
-        "kafka_source",
-    }
-    for name in connectors.__all__:
-        assert getattr(connectors, name) is not None
 
 
 # -- JSON lines files -------------------------------------------------------------

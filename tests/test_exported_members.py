@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import connectors
+import flows
+import queries
 import store
 
 
@@ -42,3 +45,45 @@ def test_store_exports() -> None:
     }
     for name in store.__all__:
         assert getattr(store, name) is not None
+
+
+def test_connectors_exports() -> None:
+    assert set(connectors.__all__) == {
+        "ConnectorError",
+        "Format",
+        "GeneratorSource",
+        "JsonLinesSink",
+        "JsonLinesSource",
+        "LogTailSource",
+        "MissingExtraError",
+        "MsgpackSource",
+        "RawBatch",
+        "Record",
+        "SourceError",
+        "StdinSource",
+        "kafka_source",
+    }
+    for name in connectors.__all__:
+        assert getattr(connectors, name) is not None
+
+
+def test_flows_exports() -> None:
+    assert set(flows.__all__) == {
+        "Aggregate",
+        "Command",
+        "DeadLetter",
+        "Decision",
+        "FlowConfig",
+        "Invalid",
+        "Parser",
+        "Rejected",
+        "Result",
+        "ShardConfig",
+        "command_flow",
+    }
+    for name in flows.__all__:
+        assert getattr(flows, name) is not None
+
+
+def test_queries_exports() -> None:
+    assert set(queries.__all__) == {"register_log"}
