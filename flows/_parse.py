@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, Union
 
 import msgspec
 
@@ -25,13 +25,38 @@ MAX_RECORD_BYTES = 64 * 1024
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
 
 
+_Version = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+_Correlation = Annotated[str, msgspec.Meta(max_length=256)]
+
+
 class CommandRecord(msgspec.Struct, forbid_unknown_fields=True):
     command_id: _Id
     type: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     aggregate_id: _Id
     data: msgspec.Raw
-    expected_version: Annotated[int, msgspec.Meta(ge=0, le=2**62)] | None = None
-    correlation_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    expected_version: _Version | None = None
+    correlation_id: _Correlation | None = None
+
+
+def _typed_records(commands: dict[str, type]) -> Any:
+    """One struct per command type, tagged by `type`: valid records decode in one pass."""
+    variants = tuple(
+        msgspec.defstruct(
+            f"{name}Record",
+            [
+                ("command_id", _Id),
+                ("aggregate_id", _Id),
+                ("data", cls),
+                ("expected_version", _Version | None, None),
+                ("correlation_id", _Correlation | None, None),
+            ],
+            tag=name,
+            tag_field="type",
+            forbid_unknown_fields=True,
+        )
+        for name, cls in commands.items()
+    )
+    return Union[variants]  # noqa: UP007  (a runtime union of generated types)
 
 
 class Command(NamedTuple):
@@ -79,8 +104,24 @@ class Parser:
             "msgpack": {n: msgspec.msgpack.Decoder(c) for n, c in aggregate.command_types.items()},
         }
         self._types = ", ".join(aggregate.command_types)
+        typed = _typed_records(aggregate.command_types)
+        self._fast: dict[str, msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]] = {
+            "json": msgspec.json.Decoder(typed),
+            "msgpack": msgspec.msgpack.Decoder(typed),
+        }
 
     def parse(self, raw: bytes, fmt: Format = "json") -> Command | Invalid:
+        if len(raw) <= self.max_record_bytes:
+            try:  # the common case: a valid record, decoded and checked in one pass
+                r = self._fast[fmt].decode(raw)
+                return Command(
+                    r.command_id, r.aggregate_id, r.data, r.expected_version, r.correlation_id
+                )
+            except _UNDECODABLE:
+                pass  # the slower path below says exactly what is wrong
+        return self._explain(raw, fmt)
+
+    def _explain(self, raw: bytes, fmt: Format) -> Command | Invalid:
         if len(raw) > self.max_record_bytes:
             return Invalid(
                 f"record is {len(raw):,} bytes; at most {self.max_record_bytes:,} are accepted"

@@ -122,17 +122,22 @@ class Shard:
         staged_by: list[tuple[int, int, int, list[str]]] = []  # index, first, count, types
         now = self._clock()
         decide, evolve = self.aggregate.decide, self.aggregate.evolve
+        replayed = self.replayed
         for i, command in enumerate(commands):
+            command_id = command.command_id
             agg = command.aggregate_id
             entry = cache[agg]
-            known = self.replayed.get(command.command_id) or entry.recent.get(command.command_id)
+            known = entry.recent.get(command_id)
+            if known is None and replayed:
+                known = replayed.get(command_id)
             if known is not None:
                 results[i] = known
                 continue
-            if command.command_id in in_batch:
+            if command_id in in_batch:
                 continue  # answered below with the first one's result
-            in_batch[command.command_id] = i
-            state, version = pending.get(agg, (entry.state, entry.version))
+            in_batch[command_id] = i
+            tentative = pending.get(agg)
+            state, version = (entry.state, entry.version) if tentative is None else tentative
             expected = command.expected_version
             if expected is not None and expected != version:
                 results[i] = _rejected(
