@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import resource
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,13 +14,15 @@ from typing import Any
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSink, run_main
 
 from connectors import GeneratorSource
 from flows._bench import Figure, interleaved, rate, timed
 from flows._bench_store import Scale
 from flows._dataflow import FlowConfig, command_flow, tune_gc
-from flows._generate import bank_commands
+from flows._generate import bank_commands, encoder
+from flows._results import Result
 from flows.bank import ACCOUNT
 
 
@@ -33,6 +39,67 @@ def _pass_through(records: list[bytes]) -> Dataflow:
     seen: list[Any] = []
     op.output("out", op.map("identity", raw, lambda b: b), TestingSink(seen))
     return flow
+
+
+class _Clocked(DynamicSink[list[Result]]):
+    """Notes when each result arrives, by the number in its command id."""
+
+    def __init__(self, arrived: dict[int, float]):
+        self._arrived = arrived
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ClockedPart:
+        return _ClockedPart(self._arrived)
+
+
+class _ClockedPart(StatelessSinkPartition[list[Result]]):
+    def __init__(self, arrived: dict[int, float]):
+        self._arrived = arrived
+
+    def write_batch(self, items: list[list[Result]]) -> None:
+        now = time.perf_counter()
+        for results in items:
+            for r in results:
+                if r.command_id is not None:
+                    self._arrived[int(r.command_id.rsplit("-", 1)[1])] = now
+
+
+def _latency(records: list[bytes], rate: float, workdir: Path) -> list[float]:
+    """Command -> result latencies (ms) at a steady `rate`: command k is due at
+    start + k/rate, so falling behind shows up as latency, as it would for a client."""
+    arrived: dict[int, float] = {}
+    flow = command_flow(
+        ACCOUNT,
+        GeneratorSource(records, rate=rate),
+        _Clocked(arrived),
+        TestingSink([]),
+        FlowConfig(Path(tempfile.mkdtemp(dir=workdir)), partitions=1),
+    )
+    started = time.perf_counter()
+    run_main(flow)  # type: ignore[no-untyped-call]
+    return [(t - (started + k / rate)) * 1000 for k, t in arrived.items()]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _peak_rss(commands: int, accounts: int, workdir: Path) -> float:
+    """Peak resident memory (MB) of `cqrsflow run` over a generated workload."""
+    path = workdir / f"rss-{commands}.jsonl"
+    encode = encoder("jsonl")
+    with open(path, "wb") as f:
+        f.writelines(map(encode, bank_commands(commands, accounts)))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "bank", "--commands", str(path),
+         "--data", str(workdir / f"rss-{commands}"), "--partitions", "1"],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(done.stderr.decode(errors="replace")[-2000:])
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(peak, before) / 1024
 
 
 def bench_commands(scale: Scale, workdir: Path, progress: Callable[[str], None]) -> list[Figure]:
@@ -61,14 +128,37 @@ def bench_commands(scale: Scale, workdir: Path, progress: Callable[[str], None])
     progress(f"{len(records):,} commands end to end vs bare bytewax")
     tune_gc()
     mine, theirs = interleaved(scale.runs, ours, bare)
+    steady = 50_000
+    progress(f"latency at a steady {steady:,} commands/s")
+    latencies = _latency(records, steady, workdir)
+    progress(f"peak memory over {scale.rss_commands:,} commands")
+    rss = _peak_rss(scale.rss_commands, scale.rss_commands // 10, workdir)
+    lat = [
+        Figure(
+            f"command -> result latency at {steady:,}/s, {name}",
+            "ms",
+            (_percentile(latencies, q),),
+            "lower",
+            target=target,
+        )
+        for name, q, target in (("p50", 0.5, 2.0), ("p99", 0.99, 20.0), ("p99.9", 0.999, 50.0))
+    ]
     return [
+        *lat,
+        Figure(
+            f"peak RSS, {scale.rss_commands:,} commands over {scale.rss_commands // 10:,} accounts",
+            "MB",
+            (rss,),
+            "lower",
+            target=500.0,
+        ),
         Figure(
             "commands end to end (parse, decide, durable append, result), 1 worker",
             "commands/s",
             tuple(mine),
             "higher",
-            target=300_000,
+            target=300000,
             baseline_name="bare bytewax pass-through of the same batches",
             baseline_runs=tuple(theirs),
-        )
+        ),
     ]

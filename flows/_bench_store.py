@@ -36,12 +36,13 @@ class Scale:
     runs: int
     log_events: int  # size of the log that reads are measured on
     hot_events: int  # events of the one aggregate read back by `read_stream`
+    rss_commands: int  # commands of the memory run (over a tenth as many accounts)
 
 
 SCALES = {
-    "small": Scale(write_events=100_000, runs=3, log_events=1_000_000, hot_events=1_000),
-    "medium": Scale(write_events=300_000, runs=5, log_events=10_000_000, hot_events=10_000),
-    "large": Scale(write_events=1_000_000, runs=7, log_events=10_000_000, hot_events=10_000),
+    "small": Scale(100_000, 3, 1_000_000, 1_000, rss_commands=200_000),
+    "medium": Scale(300_000, 5, 10_000_000, 10_000, rss_commands=10_000_000),
+    "large": Scale(1_000_000, 7, 10_000_000, 10_000, rss_commands=10_000_000),
 }
 
 
