@@ -12,9 +12,11 @@ handles commands a batch at a time:
 4. only then are the new states written into the cache (write-through: a state is
    never ahead of the log) and the results emitted, with each command's log position.
 
-Idempotency. An aggregate remembers the results of its last accepted commands
-(`ShardConfig.remembered`, refilled from the log when it is rehydrated), so a command
-sent again returns the same result and appends nothing. After a crash, a restarted
+Idempotency. A shard remembers the results of its last accepted commands
+(`ShardConfig.remembered` of them, and those found in the log when an aggregate is
+rehydrated), so a command sent again returns the same result and appends nothing.
+The memory is the shard's, not each aggregate's, so it stays bounded however many
+aggregates there are. After a crash, a restarted
 flow resumes its input from its last checkpoint, and the commands between that
 checkpoint and the crash whose events already reached the log are answered from the
 log: `Shard.replayed` is filled from the log's tail since the checkpoint's watermark.
@@ -49,16 +51,15 @@ from store import (
 class ShardConfig:
     cache_size: int = 100_000  # aggregates kept in memory by one shard
     snapshot_every: int = 100  # events between snapshots of an aggregate
-    remembered: int = 32  # accepted commands an aggregate remembers, for idempotency
+    remembered: int = 100_000  # accepted commands a shard remembers, for idempotency
 
 
 class _Entry:
-    __slots__ = ("recent", "state", "version")
+    __slots__ = ("state", "version")
 
-    def __init__(self, state: Any, version: int, recent: dict[str, Result]):
+    def __init__(self, state: Any, version: int):
         self.state = state
         self.version = version
-        self.recent = recent
 
 
 def event_id(command_id: str, index: int) -> bytes:
@@ -89,6 +90,7 @@ class Shard:
         self._state_type = type(aggregate.initial)
         self._fingerprint = fingerprint(self._state_type)
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._recent: dict[str, Result] = {}  # insertion order: oldest first
         self.replayed: dict[str, Result] = {}
         self.rehydrations = 0
         self.evictions = 0
@@ -122,12 +124,12 @@ class Shard:
         staged_by: list[tuple[int, int, int, list[str]]] = []  # index, first, count, types
         now = self._clock()
         decide, evolve = self.aggregate.decide, self.aggregate.evolve
-        replayed = self.replayed
+        replayed, recent = self.replayed, self._recent
         for i, command in enumerate(commands):
             command_id = command.command_id
             agg = command.aggregate_id
             entry = cache[agg]
-            known = entry.recent.get(command_id)
+            known = recent.get(command_id)
             if known is None and replayed:
                 known = replayed.get(command_id)
             if known is not None:
@@ -211,11 +213,7 @@ class Shard:
             version = staged[first + count - 1].version
             result = Result(command.command_id, "accepted", agg, version, last, types)
             results[i] = result
-            entry = self._cache[agg]
-            recent = entry.recent
-            recent[command.command_id] = result
-            if len(recent) > self.config.remembered:
-                del recent[next(iter(recent))]
+            self._remember(command.command_id, result)
         for agg, (state, version) in pending.items():
             if agg in conflicted:
                 continue
@@ -229,22 +227,28 @@ class Shard:
 
     def _rehydrate(self, aggregate_id: str) -> _Entry:
         if self.log.last_version(aggregate_id) == 0:
-            return _Entry(self.aggregate.initial, 0, {})  # a new aggregate: nothing to read
+            return _Entry(self.aggregate.initial, 0)  # a new aggregate: nothing to read
         self.rehydrations += 1
         state, version = self.aggregate.initial, 0
         snapshot = self.snapshots.load(aggregate_id, self._fingerprint)
         if snapshot is not None:
             state = msgspec.convert(snapshot.state, self._state_type)
             version = snapshot.version
-        recent: dict[str, Result] = {}
+        found: dict[str, Result] = {}
         events = self.log.decode(self.log.read_stream(aggregate_id, version + 1))
         for e in events:
             state = self.aggregate.evolve(state, e.payload)
             version = e.version
-            _remember(recent, e)
-        while len(recent) > self.config.remembered:
+            _remember(found, e)
+        for command_id, result in found.items():
+            self._remember(command_id, result)
+        return _Entry(state, version)
+
+    def _remember(self, command_id: str, result: Result) -> None:
+        recent = self._recent
+        recent[command_id] = result
+        if len(recent) > self.config.remembered:
             del recent[next(iter(recent))]
-        return _Entry(state, version, recent)
 
     def _evict(self) -> None:
         cache = self._cache
