@@ -65,6 +65,7 @@ class LogReader:
     def __init__(self, partitions: Sequence[PartitionReader], layout: Layout | None):
         self._partitions = list(partitions)
         self.layout = layout
+        self._decoder_cache: tuple[tuple[int, ...], Layout] | None = None
 
     @classmethod
     def open(cls, data_dir: str | Path, layout: Layout | None = None) -> LogReader:
@@ -134,17 +135,29 @@ class LogReader:
         return out
 
     def _decoder(self) -> Layout:
-        """Every event type of every segment (newest wins), with this reader's classes."""
+        """Every event type of every segment (newest wins), with this reader's classes.
+
+        Cached by the segments' layouts: building a Layout costs milliseconds, and
+        decode runs once per aggregate rehydrated."""
+        layouts = [
+            (p, seg.layout)
+            for p in self._partitions
+            for seg in p.segments
+            if seg.layout is not None
+        ]
+        key = tuple(id(layout) for _, layout in layouts)
+        if self._decoder_cache is not None and self._decoder_cache[0] == key:
+            return self._decoder_cache[1]
         found: dict[str, EventType] = {}
-        for p in self._partitions:
-            for seg in p.segments:
-                if seg.layout is not None:
-                    found.update((et.name, et) for et in p.layout_of(seg).event_types)
+        for p, layout in layouts:
+            found.update((et.name, et) for et in p.layout_of_layout(layout).event_types)
         if self.layout is not None:
             found.update((et.name, et) for et in self.layout.event_types)
         if not found:
             return _first_layout(self._partitions)
-        return Layout(list(found.values()))
+        decoder = Layout(list(found.values()))
+        self._decoder_cache = (key, decoder)
+        return decoder
 
 
 def _first_layout(partitions: Sequence[PartitionReader]) -> Layout:

@@ -65,7 +65,7 @@ class PartitionReader:
         self._rows_folded = 0
         self._versions_folded = 0
         self._stale = False
-        self._decoders: dict[int, Layout] = {}
+        self._decoders: dict[int, tuple[Layout, Layout]] = {}
         self.refresh()
 
     # -- segments -----------------------------------------------------------
@@ -111,11 +111,15 @@ class PartitionReader:
     def layout_of(self, seg: SegmentReader) -> Layout:
         """The segment's own layout, decoding payloads with this reader's classes."""
         assert seg.layout is not None
-        key = id(seg.layout)
-        found = self._decoders.get(key)
-        if found is None:
-            found = seg.layout.with_classes(self.classes) if self.classes else seg.layout
-            self._decoders[key] = found
+        return self.layout_of_layout(seg.layout)
+
+    def layout_of_layout(self, layout: Layout) -> Layout:
+        """An on-disk layout with this reader's classes (cached: building one costs ms)."""
+        hit = self._decoders.get(id(layout))
+        if hit is not None:
+            return hit[0]
+        found = layout.with_classes(self.classes) if self.classes else layout
+        self._decoders[id(layout)] = (found, layout)  # keeps `layout` alive: ids are reused
         return found
 
     # -- full reads -----------------------------------------------------------
