@@ -3,9 +3,9 @@
 A shard owns one partition of the log (routing by `partition_of(aggregate_id)`), and
 handles commands a batch at a time:
 
-1. aggregates not in the cache are rehydrated: the latest snapshot, then the events
-   after it, read through the log's index (a new aggregate costs nothing: the log
-   knows it has no events);
+1. aggregates not in the cache are rehydrated, all of the batch's at once: their
+   latest snapshots, then the events after them, read through the log's index in one
+   gather per segment (a new aggregate costs nothing: the log knows it has none);
 2. each command is decided against its aggregate's state (as left by earlier commands
    of the same batch); a decider or evolver that raises rejects that command only;
 3. all the batch's events are appended as one Arrow batch and made durable;
@@ -90,7 +90,9 @@ class Shard:
         self._state_type = type(aggregate.initial)
         self._fingerprint = fingerprint(self._state_type)
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
-        self._recent: dict[str, Result] = {}  # insertion order: oldest first
+        # Oldest first. An OrderedDict, because evicting the oldest key of a plain dict
+        # walks over every slot deleted before it: quadratic once the table is full.
+        self._recent: OrderedDict[str, Result] = OrderedDict()
         self.replayed: dict[str, Result] = {}
         self.rehydrations = 0
         self.evictions = 0
@@ -112,11 +114,14 @@ class Shard:
     def handle(self, commands: Sequence[Command]) -> list[Result]:
         """Decide a batch of this shard's commands; results in the same order."""
         cache = self._cache
+        cold = []
         for agg in {c.aggregate_id for c in commands}:
             if agg in cache:
                 cache.move_to_end(agg)
             else:
-                cache[agg] = self._rehydrate(agg)
+                cold.append(agg)
+        if cold:
+            self._rehydrate(cold)
         results: list[Result | None] = [None] * len(commands)
         pending: dict[str, tuple[Any, int]] = {}
         in_batch: dict[str, int] = {}  # command id -> index, for a command sent twice
@@ -225,30 +230,46 @@ class Shard:
 
     # -- the cache ------------------------------------------------------------
 
-    def _rehydrate(self, aggregate_id: str) -> _Entry:
-        if self.log.last_version(aggregate_id) == 0:
-            return _Entry(self.aggregate.initial, 0)  # a new aggregate: nothing to read
-        self.rehydrations += 1
-        state, version = self.aggregate.initial, 0
-        snapshot = self.snapshots.load(aggregate_id, self._fingerprint)
-        if snapshot is not None:
-            state = msgspec.convert(snapshot.state, self._state_type)
-            version = snapshot.version
+    def _rehydrate(self, aggregates: list[str]) -> None:
+        """Bring cold aggregates into the cache: snapshot, then the events after it."""
+        cache, initial = self._cache, self.aggregate.initial
+        wanted: dict[str, int] = {}
+        entries: dict[str, _Entry] = {}
+        for agg in aggregates:
+            last = self.log.last_version(agg)
+            entry = _Entry(initial, 0)
+            cache[agg] = entries[agg] = entry
+            if last == 0:
+                continue  # a new aggregate: nothing to read
+            # A snapshot exists only once a multiple of the interval was crossed.
+            snapshot = (
+                self.snapshots.load(agg, self._fingerprint)
+                if last >= self.config.snapshot_every
+                else None
+            )
+            if snapshot is not None:
+                entry.state = msgspec.convert(snapshot.state, self._state_type)
+                entry.version = snapshot.version
+            if entry.version < last:
+                wanted[agg] = entry.version + 1
+        if not wanted:
+            return
+        self.rehydrations += len(wanted)
         found: dict[str, Result] = {}
-        events = self.log.decode(self.log.read_stream(aggregate_id, version + 1))
-        for e in events:
-            state = self.aggregate.evolve(state, e.payload)
-            version = e.version
+        evolve = self.aggregate.evolve
+        for e in self.log.decode(self.log.read_streams(wanted)):
+            entry = entries[e.aggregate_id]
+            entry.state = evolve(entry.state, e.payload)
+            entry.version = e.version
             _remember(found, e)
         for command_id, result in found.items():
             self._remember(command_id, result)
-        return _Entry(state, version)
 
     def _remember(self, command_id: str, result: Result) -> None:
         recent = self._recent
         recent[command_id] = result
         if len(recent) > self.config.remembered:
-            del recent[next(iter(recent))]
+            recent.popitem(last=False)
 
     def _evict(self) -> None:
         cache = self._cache

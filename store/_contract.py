@@ -16,6 +16,8 @@ and ``tests/log_contract.py`` checks both against the same suite.
   Arrow record batches in position order within each partition.
 - ``read_stream(aggregate_id, from_version)`` is one aggregate's events, in version
   order, as an Arrow table; ``last_version`` its last version (0 if none).
+  ``read_streams({aggregate_id: from_version, ...})`` is several at once, in position
+  order within each partition (so each aggregate's events are in version order).
 - ``decode`` turns rows read back into `RecordedEvent` objects.
 - ``watermarks()`` is the next position of every partition.
 """
@@ -42,6 +44,8 @@ class EventLog(Protocol):
     ) -> Iterator[pa.RecordBatch]: ...
 
     def read_stream(self, aggregate_id: str, from_version: int = 1) -> pa.Table: ...
+
+    def read_streams(self, wanted: Mapping[str, int]) -> pa.Table: ...
 
     def last_version(self, aggregate_id: str) -> int: ...
 

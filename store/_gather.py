@@ -88,13 +88,14 @@ def gather(
     buffers: BufferMap,
     batch_of: np.ndarray,
     local: np.ndarray,
-    aggregate_id: str,
+    aggregate_id: str | None,
 ) -> pa.RecordBatch:
-    """Rows (`batch_of[i]`, `local[i]`) of one aggregate from the mapped segment `raw`.
+    """Rows (`batch_of[i]`, `local[i]`) from the mapped segment `raw`.
 
     Reading scattered rows is bound by memory latency, one cache miss per value, so
-    this reads only what it must: the aggregate's id and type are the same on every
-    row, and a payload column is read only on rows whose event type has that field.
+    this reads only what it must: a payload column only on rows whose event type has
+    that field, and when the rows are all one aggregate's (`aggregate_id` given) its
+    id and type not at all, since they are the same on every row.
     """
     n = len(local)
     # Arrow IPC aligns every buffer to 8 bytes, so typed views index values directly.
@@ -105,10 +106,10 @@ def gather(
     arrays = []
     for c, (validity_at, offsets_at, data_at) in enumerate(columns):
         arrow_type, kind = buffers.types[c]
-        if c == _AGG_ID:
+        if c == _AGG_ID and aggregate_id is not None:
             arrays.append(_repeat_string(aggregate_id.encode(), n, arrow_type))
             continue
-        if c == _AGG_TYPE:
+        if c == _AGG_TYPE and aggregate_id is not None:
             first = views[1][data_at[batch_of[0]] + local[0]] if n else 0
             arrays.append(pa.array(np.full(n, first, np.int8), arrow_type))
             continue

@@ -188,6 +188,26 @@ class SealedIndex:
         rows = self.flat[self.offsets[i] : self.offsets[i + 1]].astype(np.int64)
         return rows, int(self.last_version[i]), int(self.hot_start[i])
 
+    def lookup_many(self, aggregate_ids: list[str]) -> list[tuple[str, np.ndarray, int, int]]:
+        """`lookup` for many aggregates in one binary search; only those found."""
+        if not len(self.keys) or not aggregate_ids:
+            return []
+        encoded = [a.encode() for a in aggregate_ids]
+        fits = [i for i, k in enumerate(encoded) if len(k) <= self.width]
+        keys = np.array([encoded[i] for i in fits], dtype=f"S{self.width}")
+        slots = np.searchsorted(self.keys, keys)
+        inside = slots < len(self.keys)
+        found = np.zeros(len(keys), dtype=bool)
+        found[inside] = self.keys[slots[inside]] == keys[inside]
+        out = []
+        for j in np.flatnonzero(found).tolist():
+            i = int(slots[j])
+            rows = self.flat[self.offsets[i] : self.offsets[i + 1]].astype(np.int64)
+            out.append(
+                (aggregate_ids[fits[j]], rows, int(self.last_version[i]), int(self.hot_start[i]))
+            )
+        return out
+
     def hot_rows(self, start: int, count: int) -> pa.RecordBatch:
         """`count` rows of the hot streams from `start`: a zero-copy slice of the map."""
         if self._hot is None:

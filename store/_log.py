@@ -119,6 +119,25 @@ class LogReader:
             return (self.layout or _first_layout(self._partitions)).read_schema.empty_table()
         return table
 
+    def read_streams(self, wanted: Mapping[str, int]) -> pa.Table:
+        """Several aggregates' events at once, each from its own version (aggregate id
+        -> from_version): in position order within each partition, so each
+        aggregate's events are in version order."""
+        by_partition: dict[int, dict[str, int]] = {}
+        for agg, from_version in wanted.items():
+            by_partition.setdefault(partition_of(agg, len(self._partitions)), {})[agg] = (
+                from_version
+            )
+        batches = [
+            b
+            for p, part in sorted(by_partition.items())
+            for b in self._partitions[p].read_streams(part)
+        ]
+        table = concat(batches)
+        if table is None:
+            return (self.layout or _first_layout(self._partitions)).read_schema.empty_table()
+        return table
+
     def last_version(self, aggregate_id: str) -> int:
         p = self._partitions[partition_of(aggregate_id, len(self._partitions))]
         return p.last_version(aggregate_id)

@@ -102,6 +102,21 @@ class MemoryLog:
         )
         return table.filter(keep)
 
+    def read_streams(self, wanted: Mapping[str, int]) -> pa.Table:
+        tables = [self.read_stream(agg, v) for agg, v in wanted.items()]
+        table = pa.concat_tables([self.layout.read_schema.empty_table(), *tables])
+        # the contract: position order within each partition
+        keys = [
+            (partition_of(a, self.partitions), p)
+            for a, p in zip(
+                table.column("aggregate_id").to_pylist(),
+                table.column("position").to_pylist(),
+                strict=True,
+            )
+        ]
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        return table.take(pa.array(order, pa.int64()))
+
     def last_version(self, aggregate_id: str) -> int:
         return self._versions.get(aggregate_id, 0)
 

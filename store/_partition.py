@@ -257,6 +257,49 @@ class PartitionReader:
             if remaining <= 0:
                 return
 
+    def read_streams(self, wanted: dict[str, int]) -> list[pa.RecordBatch]:
+        """Many aggregates' events (each from its own version), one gather per segment:
+        what rehydrating a batch's cold aggregates needs. Rows come in position order."""
+        self._catch_up()
+        remaining: dict[str, int | None] = dict.fromkeys(wanted)
+        collected: list[tuple[SegmentReader, list[pa.RecordBatch]]] = []
+        for seg in reversed(self.segments):
+            if not remaining:
+                break
+            if seg is self.segments[-1]:
+                found = [(a, *self._active_rows(a)) for a in remaining]
+            else:
+                found = self._sealed_index(seg).lookup_many(list(remaining))
+            scattered: list[np.ndarray] = []
+            batches: list[pa.RecordBatch] = []
+            for agg, rows, last, hot_start in found:
+                if not len(rows):
+                    continue
+                left = remaining[agg]
+                if left is None:
+                    left = last - max(wanted[agg], 1) + 1  # versions are gap-free
+                skip = max(len(rows) - left, 0)
+                if left > 0 and hot_start >= 0:
+                    batches.append(
+                        self._sealed_index(seg).hot_rows(hot_start + skip, len(rows) - skip)
+                    )
+                elif left > 0:
+                    scattered.append(rows[skip:])
+                left -= len(rows) - skip
+                if left <= 0:
+                    del remaining[agg]
+                else:
+                    remaining[agg] = left
+            if scattered:
+                batches.append(seg.take(np.sort(np.concatenate(scattered)), None))
+            if len(batches) > 1:  # hot slices and gathered rows: back into position order
+                merged = pa.Table.from_batches(batches).sort_by("position").combine_chunks()
+                batches = merged.to_batches()
+            if batches:
+                collected.append((seg, batches))
+        collected.reverse()
+        return [self.layout_of(seg).to_read(b) for seg, batches in collected for b in batches]
+
     def read_stream(self, aggregate_id: str, from_version: int = 1) -> list[pa.RecordBatch]:
         found = [
             self.layout_of(seg).to_read(b)

@@ -397,9 +397,9 @@ class SegmentReader:
             self._batches[i] = batch
         return batch
 
-    def take(self, rows: np.ndarray, aggregate_id: str) -> pa.RecordBatch:
-        """One aggregate's rows (segment-relative, ascending) as an on-disk batch,
-        copied straight out of the memory map."""
+    def take(self, rows: np.ndarray, aggregate_id: str | None) -> pa.RecordBatch:
+        """Rows (segment-relative, ascending) as an on-disk batch, copied straight out
+        of the memory map; `aggregate_id` when they are all that aggregate's."""
         assert self._buffer is not None and self.layout is not None
         if self._buffer_map is None:
             self._buffer_map = BufferMap(self.layout.disk_schema, self.layout.payload_codes())

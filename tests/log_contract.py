@@ -215,6 +215,23 @@ class LogContract:
         assert log.read_stream("nobody").num_rows == 0
         assert log.last_version("nobody") == 0
 
+    def test_read_streams_is_each_stream_in_position_order(self, log: EventLog) -> None:
+        for round_ in range(6):
+            log.append(
+                [e for agg in ("a", "b", "c", "d") for e in history(agg, 3, start=1 + 3 * round_)]
+            )
+        wanted = {"a": 1, "b": 7, "d": 18, "nobody": 1, "c": 19}
+        table = log.read_streams(wanted)
+        got = log.decode(table)
+        for agg, since in wanted.items():
+            mine = [e for e in got if e.aggregate_id == agg]
+            assert mine == log.decode(log.read_stream(agg, since)), agg
+        assert len(got) == 18 + 12 + 1
+        by_partition: dict[int, list[int]] = {}
+        for e in got:
+            by_partition.setdefault(e.partition, []).append(e.position)
+        assert all(p == sorted(p) for p in by_partition.values())
+
     def test_read_all_from_a_position(self, log: EventLog) -> None:
         log.append(history("a", 6))
         p = partition_of("a", self.partitions)

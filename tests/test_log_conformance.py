@@ -94,3 +94,5 @@ def test_busy_aggregates_read_the_same_from_hot_streams(tmp_path: Path) -> None:
                 spec.read_stream("busy", start)
             )
         assert log.decode(log.read_stream("quiet-7")) == spec.decode(spec.read_stream("quiet-7"))
+        wanted = {"busy": 70, "quiet-7": 1, "quiet-8": 3, "quiet-49": 1}
+        assert log.decode(log.read_streams(wanted)) == spec.decode(spec.read_streams(wanted))
