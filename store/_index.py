@@ -214,8 +214,3 @@ class SealedIndex:
             reader = pa.ipc.open_file(pa.memory_map(str(self.path.with_suffix(".hot"))))
             self._hot = reader.get_batch(0)
         return self._hot.slice(start, count)
-
-    def items(self) -> tuple[list[str], list[int]]:
-        """Every aggregate id with its last version in this segment."""
-        ids = [k.decode() for k in self.keys.tolist()]
-        return ids, self.last_version.tolist()

@@ -256,6 +256,13 @@ class ArrowLog(LogReader):
         """Torn tails cut off when the log was opened."""
         return [r for w in self._writers.values() for r in w.recoveries]
 
+    def last_version(self, aggregate_id: str) -> int:
+        p = partition_of(aggregate_id, len(self._partitions))
+        writer = self._writers.get(p)
+        if writer is not None:  # the writer knows without reading
+            return writer.last_version(aggregate_id)
+        return self._partitions[p].last_version(aggregate_id)
+
     def append(self, events: Sequence[NewEvent]) -> Positions:
         """Append a batch; durable under the fsync policy when this returns.
 

@@ -35,6 +35,7 @@ from store._segment import (
     fsync_dir,
     recover,
 )
+from store._versions import SealedVersions
 
 
 def list_segments(directory: Path) -> list[int]:
@@ -58,12 +59,10 @@ class PartitionReader:
         self.classes = classes
         self.segments: list[SegmentReader] = []
         self._sealed_indexes: dict[int, SealedIndex] = {}
-        self._versions: dict[str, int] | None = None
         # The active segment's index is built lazily, on the first read that needs it,
-        # so that appending pays nothing for it: these count the batches folded in.
+        # so that appending pays nothing for it: this counts the batches folded in.
         self._active_index = ActiveIndex()
         self._rows_folded = 0
-        self._versions_folded = 0
         self._stale = False
         self._decoders: dict[int, tuple[Layout, Layout]] = {}
         self.refresh()
@@ -82,18 +81,15 @@ class PartitionReader:
             seg.refresh()
 
     def _seal_reader(self, seg: SegmentReader) -> None:
-        """The active segment was rotated: fold the rest of it into the versions, then seal."""
+        """The active segment was rotated: it is sealed, and a new one is active."""
         seg.refresh()
-        if self._versions is not None:
-            self._fold_versions(seg)
         seg.sealed = True
         self._active_index = ActiveIndex()
-        self._rows_folded = self._versions_folded = 0
+        self._rows_folded = 0
 
-    def wrote(self, batches: int) -> None:
-        """The writer in this process appended; its versions already include `batches`."""
+    def wrote(self) -> None:
+        """The writer in this process appended: refresh before the next read."""
         self._stale = True
-        self._versions_folded = batches
 
     def _catch_up(self) -> None:
         if self._stale and self.segments:
@@ -170,26 +166,21 @@ class PartitionReader:
 
     # -- the per-aggregate index ---------------------------------------------
 
-    def versions(self) -> dict[str, int]:
-        """Every aggregate's last version in this partition."""
-        self._catch_up()
-        if self._versions is None:
-            versions: dict[str, int] = {}
-            for seg in self.segments[:-1]:
-                ids, last = self._sealed_index(seg).items()
-                versions.update(zip(ids, last, strict=True))
-            self._versions = versions
-        if self.segments:
-            self._fold_versions(self.segments[-1])
-        return self._versions
+    def sealed_versions(self) -> SealedVersions:
+        """Every aggregate's last version in the sealed segments."""
+        return SealedVersions.build([self._sealed_index(seg) for seg in self.segments[:-1]])
 
-    def _fold_versions(self, seg: SegmentReader) -> None:
-        assert self._versions is not None
-        for i in range(self._versions_folded, len(seg.entries)):
-            batch = seg.batch(i)
-            ids = batch.column(1).to_pylist()
-            self._versions.update(zip(ids, batch.column(3).to_pylist(), strict=True))
-        self._versions_folded = len(seg.entries)
+    def active_versions(self) -> dict[str, int]:
+        """Every aggregate's last version in the active segment."""
+        self._catch_up()
+        versions: dict[str, int] = {}
+        if self.segments:
+            seg = self.segments[-1]
+            for i in range(len(seg.entries)):
+                batch = seg.batch(i)
+                ids = batch.column(1).to_pylist()
+                versions.update(zip(ids, batch.column(3).to_pylist(), strict=True))
+        return versions
 
     def _active_rows(self, aggregate_id: str) -> tuple[np.ndarray, int, int]:
         self._catch_up()
@@ -224,8 +215,6 @@ class PartitionReader:
         return SealedIndex(seg.files.index)
 
     def last_version(self, aggregate_id: str) -> int:
-        if self._versions is not None:  # the writer in this process keeps it current
-            return self._versions.get(aggregate_id, 0)
         self._catch_up()
         for seg in reversed(self.segments):  # a reader looks only this aggregate up
             rows, last, _ = self._lookup(seg, aggregate_id)
@@ -346,7 +335,8 @@ class PartitionWriter:
         else:
             writer = SegmentWriter.create(SegmentFiles(self.directory, 0), self.layout)
         self.reader = PartitionReader(self.directory, self.number, self.layout)
-        self.versions = self.reader.versions()
+        self.sealed_versions = self.reader.sealed_versions()
+        self.versions = self.reader.active_versions()  # the active segment's aggregates
         self.active = writer
         self.next_position = self.reader.next_position
         if not writer.layout.same_as(self.layout):
@@ -369,13 +359,18 @@ class PartitionWriter:
             self._write(batch)
             # Later events of an aggregate overwrite earlier ones: the last version wins.
             self.versions.update(zip(ids, [e.version for e in events], strict=True))
+            self._rotate_if_full()
             return range(first, first + len(events)), []
         return self._append_checked(events)
 
     def _follows(self, ids: list[str], batch: pa.RecordBatch) -> bool:
         """Does every event follow its aggregate's last version, in batch order?"""
-        # The log's last version for each event's aggregate, looked up at C speed.
-        last = np.fromiter(map(self.versions.get, ids, repeat(0)), np.int64, len(ids))
+        # The log's last version for each event's aggregate: the active segment's dict
+        # at C speed, then one binary search over the sealed ones for the rest.
+        last = np.fromiter(map(self.versions.get, ids, repeat(-1)), np.int64, len(ids))
+        missing = np.flatnonzero(last < 0)
+        if len(missing):
+            last[missing] = self.sealed_versions.get_many([ids[i] for i in missing.tolist()])
         # Each event's rank among its aggregate's events in this batch (0, 1, ...).
         codes = batch.column(1).dictionary_encode().indices.to_numpy()
         counts = np.bincount(codes)
@@ -396,7 +391,7 @@ class PartitionWriter:
             agg = e.aggregate_id
             last = seen.get(agg)
             if last is None:
-                last = versions.get(agg, 0)
+                last = self.last_version(agg)
             if e.version == last + 1:
                 seen[agg] = e.version
                 continue
@@ -421,6 +416,7 @@ class PartitionWriter:
         if accepted:
             self._write(self.layout.encode(accepted, first))
             versions.update(seen)
+            self._rotate_if_full()
         if keep is None:
             return range(first, first + len(events)), []
         positions: list[int | None] = [None] * len(events)
@@ -437,9 +433,15 @@ class PartitionWriter:
         seg.append(batch, codes, timestamps)
         self._dirty = True
         self.next_position += batch.num_rows
-        self.reader.wrote(seg.batches)
-        if seg.size >= self.config.segment_bytes:
+        self.reader.wrote()
+
+    def _rotate_if_full(self) -> None:
+        if self.active.size >= self.config.segment_bytes:
             self._rotate()
+
+    def last_version(self, aggregate_id: str) -> int:
+        found = self.versions.get(aggregate_id)
+        return found if found is not None else self.sealed_versions.get(aggregate_id)
 
     def _existing(self, aggregate_id: str, version: int, event_id: bytes) -> int | None:
         """The position of this very event if it is already in the log."""
@@ -487,6 +489,9 @@ class PartitionWriter:
         self.active = SegmentWriter.create(files, self.layout)
         reader_seg.refresh()
         self.reader.refresh()
+        # The sealed segment's aggregates move from the dict to the sealed arrays.
+        self.sealed_versions = self.sealed_versions.merge(SealedIndex(seg.files.index))
+        self.versions = {}
         self._dirty = False
         return None
 
