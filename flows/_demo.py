@@ -38,7 +38,7 @@ def run_demo(data: Path, commands: int, console: Console, *, keep: bool) -> int:
         highlight=False,
     )
 
-    before = prepare(data)
+    before = prepare(data, str(workload))
     started = time.perf_counter()
     options = RunOptions(str(workload), data, "jsonl", 1, 1, 4, Fsync.ALWAYS)
     run_process(ACCOUNT, options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -50,7 +51,7 @@ def run_process(aggregate: Aggregate[Any], options: RunOptions) -> None:
     tune_gc()
     run_flow(
         _flow(aggregate, options),
-        options.data_dir / "recovery",
+        recovery_dir(options.data_dir, options.commands),
         workers=options.workers,
         process_id=options.process_id,
         addresses=options.addresses,
@@ -135,11 +136,21 @@ def summarize(data_dir: Path, before: dict[Path, int], started: float, console: 
     )
 
 
-def prepare(data_dir: Path) -> dict[Path, int]:
+def recovery_dir(data_dir: Path, commands: str) -> Path:
+    """Where bytewax keeps its progress through one input. Each input has its own: its
+    checkpoints name the input's files, so another input cannot resume from them."""
+    if commands == "-":
+        return data_dir / "recovery" / "stdin"
+    source = Path(commands).resolve()
+    digest = hashlib.blake2b(str(source).encode(), digest_size=6).hexdigest()
+    return data_dir / "recovery" / f"{source.name}-{digest}"
+
+
+def prepare(data_dir: Path, commands: str) -> dict[Path, int]:
     """Create the data directory's parts that every process shares; note the results so far."""
     data_dir.mkdir(parents=True, exist_ok=True)
     os.makedirs(data_dir / "results", exist_ok=True)
-    init_recovery(data_dir / "recovery")
+    init_recovery(recovery_dir(data_dir, commands))
     return _result_lines(data_dir)
 
 
@@ -163,5 +174,5 @@ def flow_from_environment(aggregate: Aggregate[Any]) -> Any:
         partitions=partitions,
         fsync=Fsync(os.environ.get("CQRSFLOW_FSYNC", "always")),
     )
-    prepare(data_dir)
+    prepare(data_dir, commands)
     return _flow(aggregate, options)

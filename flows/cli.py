@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from store import DataDirError, Fsync, StoreError, log_partitions
+from store import DataDirError, Fsync, StoreError, check_writable, log_partitions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -148,6 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # a failure inside the dataflow arrives wrapped by bytewax
+        cause = _root_cause(err)
+        if not isinstance(cause, StoreError | OSError):
+            raise
+        errors.print(f"cqrsflow: {cause}", markup=False, highlight=False)
+        return EXIT_FAILURE
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE  # pragma: no cover  (parser.error exits)
 
@@ -213,8 +219,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console)
     if args.process_id is not None:  # a child of a cluster run
         run_process(DOMAINS[args.domain](), options)
         return EXIT_OK
+    check_writable(args.data)  # another writer: say so now, not from inside a worker
     started = time.perf_counter()
-    before = prepare(args.data)
+    before = prepare(args.data, args.commands)
     if args.processes > 1:
         code = run_cluster(list(argv if argv is not None else sys.argv[1:]), args.processes)
         if code:
@@ -232,6 +239,15 @@ def _bank() -> Any:
 
 
 DOMAINS = {"bank": _bank}
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The exception at the bottom of a chain (bytewax wraps what a step raised)."""
+    seen = {id(err)}
+    while err.__cause__ is not None and id(err.__cause__) not in seen:
+        err = err.__cause__
+        seen.add(id(err))
+    return err
 
 
 def _require_log(data: Path) -> None:

@@ -17,7 +17,7 @@ from store._errors import (
 )
 from store._frames import log_table, to_polars
 from store._layout import ENVELOPE_NAMES, EventType, Layout, PayloadField
-from store._log import ArrowLog, LogReader, log_partitions, partition_of
+from store._log import ArrowLog, LogReader, check_writable, log_partitions, partition_of
 from store._memory import MemoryLog
 from store._model import Fsync, LogConfig, NewEvent, Position, Positions, RecordedEvent
 from store._segment import Recovery
@@ -51,6 +51,7 @@ __all__ = [
     "StorageFullError",
     "StoreError",
     "VersionConflict",
+    "check_writable",
     "fingerprint",
     "log_partitions",
     "log_table",

@@ -20,7 +20,7 @@ from store._errors import ConcurrencyError, DataDirError, StoreError, VersionCon
 from store._frames import concat
 from store._layout import EventType, Layout
 from store._model import LogConfig, NewEvent, Positions, RecordedEvent
-from store._partition import PartitionReader, PartitionWriter
+from store._partition import PartitionReader, PartitionWriter, lock_partition
 from store._segment import Recovery
 
 MANIFEST_FORMAT = 1
@@ -51,6 +51,18 @@ def _read_manifest(root: Path) -> dict[str, int] | None:
 
 def log_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "log"
+
+
+def check_writable(data_dir: str | Path) -> None:
+    """Raise LockedError now if another process writes any partition of the log, so a
+    flow fails before it starts rather than inside a worker."""
+    root = log_dir(data_dir)
+    manifest = _read_manifest(root)
+    if manifest is None:
+        return
+    for p in range(manifest["partitions"]):
+        if (root / str(p)).exists():
+            os.close(lock_partition(root / str(p), p))
 
 
 def log_partitions(data_dir: str | Path) -> int | None:

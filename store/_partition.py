@@ -308,7 +308,7 @@ class PartitionWriter:
         self.config = config
         self.recoveries: list[Recovery] = []
         directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(directory, number)
+        self._lock_fd = lock_partition(directory, number)
         try:
             self._open()
         except BaseException:
@@ -513,7 +513,8 @@ class PartitionWriter:
             self._lock_fd = -1
 
 
-def _lock(directory: Path, number: int) -> int:
+def lock_partition(directory: Path, number: int) -> int:
+    """Take the partition's writer lock (a file descriptor to close to release it)."""
     path = directory / "LOCK"
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -36,6 +36,7 @@ def test_store_exports() -> None:
         "StorageFullError",
         "StoreError",
         "VersionConflict",
+        "check_writable",
         "fingerprint",
         "log_partitions",
         "log_table",

@@ -22,7 +22,7 @@ from flows._dataflow import FlowConfig, command_flow
 from flows._parse import MAX_RECORD_BYTES
 from flows._results import DeadLetter, Result
 from flows.bank import ACCOUNT
-from store import LogReader, verify_log
+from store import ArrowLog, LogConfig, LogReader, verify_log
 
 
 def record(command_id: str, kind: str, agg: str, **data: Any) -> bytes:
@@ -160,6 +160,12 @@ def test_run_decides_every_command_once_and_resumes_after_the_end(tmp_path: Path
     again = cqrsflow("run", "bank", "--commands", str(commands), "--data", str(tmp_path / "d"))
     assert again.returncode == 0 and "no new commands" in again.stdout
     assert len(read_results(tmp_path / "d")) == 3000
+    # another input on the same data directory is a new run, not a resume of the first
+    more = tmp_path / "more.jsonl"
+    generate(more, 500, 200)
+    other = cqrsflow("run", "bank", "--commands", str(more), "--data", str(tmp_path / "d"))
+    assert other.returncode == 0, other.stderr
+    assert len(read_results(tmp_path / "d")) == 3500
 
 
 def test_two_processes_write_the_same_events_as_one(tmp_path: Path) -> None:
@@ -266,3 +272,20 @@ def test_bytewax_run_finds_the_bank_flow_configured_by_the_environment(tmp_path:
         timeout=300,
     )
     assert missing.returncode != 0 and "CQRSFLOW_DATA" in missing.stderr
+
+
+def test_a_run_on_a_log_another_process_writes_fails_with_one_line(tmp_path: Path) -> None:
+    commands = tmp_path / "commands.jsonl"
+    generate(commands, 100, 10)
+    data = tmp_path / "d"
+    holder = ArrowLog.open(data, ACCOUNT.layout(), LogConfig(partitions=2))
+    try:
+        done = cqrsflow("run", "bank", "--commands", str(commands), "--data", str(data))
+    finally:
+        holder.close()
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"cqrsflow: partition 0 in {data / 'log'} is already open for writing by another "
+        f"process (pid {os.getpid()}); stop it first, or open the log read-only"
+    ]
+    assert cqrsflow("run", "bank", "--commands", str(commands), "--data", str(data)).returncode == 0
