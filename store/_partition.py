@@ -222,33 +222,10 @@ class PartitionReader:
                 return last
         return 0
 
-    def stream_batches(
-        self, aggregate_id: str, from_version: int
-    ) -> Iterator[tuple[SegmentReader, pa.RecordBatch]]:
-        """An aggregate's events with version >= from_version, newest segment first,
-        as on-disk batches with the segment they come from."""
-        self._catch_up()
-        remaining = None
-        for seg in reversed(self.segments):  # newest first, until from_version is reached
-            rows, last, hot_start = self._lookup(seg, aggregate_id)
-            if not len(rows):
-                continue
-            if remaining is None:
-                remaining = last - max(from_version, 1) + 1  # versions are gap-free
-                if remaining <= 0:
-                    return
-            skip = max(len(rows) - remaining, 0)
-            if hot_start >= 0:
-                yield seg, self._sealed_index(seg).hot_rows(hot_start + skip, len(rows) - skip)
-            else:
-                yield seg, seg.take(rows[skip:], aggregate_id)
-            remaining -= len(rows) - skip
-            if remaining <= 0:
-                return
-
     def read_streams(self, wanted: dict[str, int]) -> list[pa.RecordBatch]:
-        """Many aggregates' events (each from its own version), one gather per segment:
-        what rehydrating a batch's cold aggregates needs. Rows come in position order."""
+        """Aggregates' events (each from its own version), one gather per segment, newest
+        segment first until each aggregate's versions are covered. Rows come in position
+        order, so each aggregate's events are in version order."""
         self._catch_up()
         remaining: dict[str, int | None] = dict.fromkeys(wanted)
         collected: list[tuple[SegmentReader, list[pa.RecordBatch]]] = []
@@ -260,6 +237,7 @@ class PartitionReader:
             else:
                 found = self._sealed_index(seg).lookup_many(list(remaining))
             scattered: list[np.ndarray] = []
+            scattered_from: list[str] = []
             batches: list[pa.RecordBatch] = []
             for agg, rows, last, hot_start in found:
                 if not len(rows):
@@ -274,13 +252,16 @@ class PartitionReader:
                     )
                 elif left > 0:
                     scattered.append(rows[skip:])
+                    scattered_from.append(agg)
                 left -= len(rows) - skip
                 if left <= 0:
                     del remaining[agg]
                 else:
                     remaining[agg] = left
             if scattered:
-                batches.append(seg.take(np.sort(np.concatenate(scattered)), None))
+                # One aggregate's rows need not have its id and type read at all.
+                only = scattered_from[0] if len(scattered_from) == 1 else None
+                batches.append(seg.take(np.sort(np.concatenate(scattered)), only))
             if len(batches) > 1:  # hot slices and gathered rows: back into position order
                 merged = pa.Table.from_batches(batches).sort_by("position").combine_chunks()
                 batches = merged.to_batches()
@@ -290,12 +271,7 @@ class PartitionReader:
         return [self.layout_of(seg).to_read(b) for seg, batches in collected for b in batches]
 
     def read_stream(self, aggregate_id: str, from_version: int = 1) -> list[pa.RecordBatch]:
-        found = [
-            self.layout_of(seg).to_read(b)
-            for seg, b in self.stream_batches(aggregate_id, from_version)
-        ]
-        found.reverse()
-        return found
+        return self.read_streams({aggregate_id: from_version})
 
 
 class PartitionWriter:
@@ -445,14 +421,12 @@ class PartitionWriter:
 
     def _existing(self, aggregate_id: str, version: int, event_id: bytes) -> int | None:
         """The position of this very event if it is already in the log."""
-        oldest = None
-        for _, batch in self.reader.stream_batches(aggregate_id, version):
-            oldest = batch  # newest segment first: the last one holds `version`
-        if oldest is None or oldest.column(3)[0].as_py() != version:
+        found = self.reader.read_stream(aggregate_id, version)
+        if not found or found[0].column(3)[0].as_py() != version:
             return None
-        if oldest.column(5)[0].as_py() != event_id:
+        if found[0].column(5)[0].as_py() != event_id:
             return None
-        return int(oldest.column(0)[0].as_py())
+        return int(found[0].column(0)[0].as_py())
 
     def sync(self) -> None:
         """Make every write so far durable, as the fsync policy asks."""
