@@ -11,14 +11,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import msgspec
 import polars as pl
 from rich.console import Console
 from rich.table import Table
 
 from flows._generate import bank_commands, encoder
-from flows._results import Result
-from flows._runcmd import RunOptions, prepare, run_process
+from flows._runcmd import RunOptions, new_results, prepare, run_process
 from flows.bank import ACCOUNT
 from store import Fsync, LogReader, to_polars, verify_log
 from store._verify import segment_stats
@@ -43,7 +41,7 @@ def run_demo(data: Path, commands: int, console: Console, *, keep: bool) -> int:
     options = RunOptions(str(workload), data, "jsonl", 1, 1, 4, Fsync.ALWAYS)
     run_process(ACCOUNT, options)
     seconds = time.perf_counter() - started
-    results = _new_results(data, before)
+    results = new_results(data, before)
     counts = Counter(r.status for r in results)
     console.print(
         f"2. ran them through the flow (parse, decide, append with fsync per batch, "
@@ -106,13 +104,3 @@ def run_demo(data: Path, commands: int, console: Console, *, keep: bool) -> int:
     else:
         console.print("(pass --data DIR to keep the data directory and explore it)")
     return 0
-
-
-def _new_results(data: Path, before: dict[Path, int]) -> list[Result]:
-    decoder = msgspec.json.Decoder(Result)
-    found: list[Result] = []
-    for path in sorted((data / "results").glob("*.jsonl")):
-        with open(path, "rb") as f:
-            f.seek(before.get(path, 0))
-            found.extend(decoder.decode(line) for line in f)
-    return found

@@ -105,15 +105,20 @@ def _result_lines(data_dir: Path) -> dict[Path, int]:
     return {p: p.stat().st_size for p in (data_dir / "results").glob("*.jsonl")}
 
 
-def summarize(data_dir: Path, before: dict[Path, int], started: float, console: Console) -> None:
-    """What this run did, read back from the results it wrote."""
-    counts: Counter[str] = Counter()
+def new_results(data_dir: Path, before: dict[Path, int]) -> list[Result]:
+    """The results written since `before` (what `prepare` returned)."""
     decoder = msgspec.json.Decoder(Result)
-    for path in (data_dir / "results").glob("*.jsonl"):
+    found: list[Result] = []
+    for path in sorted((data_dir / "results").glob("*.jsonl")):
         with open(path, "rb") as f:
             f.seek(before.get(path, 0))
-            for line in f:
-                counts[decoder.decode(line).status] += 1
+            found.extend(decoder.decode(line) for line in f)
+    return found
+
+
+def summarize(data_dir: Path, before: dict[Path, int], started: float, console: Console) -> None:
+    """What this run did, read back from the results it wrote."""
+    counts = Counter(r.status for r in new_results(data_dir, before))
     seconds = time.perf_counter() - started
     total = sum(counts.values())
     events = sum(LogReader.open(data_dir).watermarks().values())

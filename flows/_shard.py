@@ -107,7 +107,7 @@ class Shard:
         for batch in self.log.read_all({self.partition: watermark}):
             for e in self.log.decode(batch):
                 if e.partition == self.partition:
-                    _remember(self.replayed, e)
+                    _fold_result(self.replayed, e)
 
     # -- the batch ------------------------------------------------------------
 
@@ -261,7 +261,7 @@ class Shard:
             entry = entries[e.aggregate_id]
             entry.state = evolve(entry.state, e.payload)
             entry.version = e.version
-            _remember(found, e)
+            _fold_result(found, e)
         for command_id, result in found.items():
             self._remember(command_id, result)
 
@@ -285,7 +285,7 @@ def _rejected(command: Command, reason: str) -> Result:
     return Result(command.command_id, "rejected", command.aggregate_id, reason=reason)
 
 
-def _remember(results: dict[str, Result], e: RecordedEvent) -> None:
+def _fold_result(results: dict[str, Result], e: RecordedEvent) -> None:
     """Fold one logged event into the result of the command that caused it."""
     found = results.get(e.command_id)
     types = [*found.events, e.event_type] if found is not None else [e.event_type]

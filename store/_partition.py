@@ -301,13 +301,13 @@ class PartitionWriter:
             # A segment that is active again (its rotation was cut short) has no index.
             files.index.unlink(missing_ok=True)
             files.index.with_suffix(".hot").unlink(missing_ok=True)
-            on_disk, header_len, kept, report = recover(files)
+            on_disk, kept, report = recover(files)
             if report:
                 self.recoveries.append(report)
             if on_disk is None or (kept == 0 and not on_disk.same_as(self.layout)):
                 writer = SegmentWriter.create(files, self.layout)
             else:
-                writer = SegmentWriter(files, on_disk, header_len=header_len, entries=kept)
+                writer = SegmentWriter(files, on_disk, entries=kept)
         else:
             writer = SegmentWriter.create(SegmentFiles(self.directory, 0), self.layout)
         self.reader = PartitionReader(self.directory, self.number, self.layout)

@@ -145,10 +145,9 @@ def header_bytes(layout: Layout) -> bytes:
 class SegmentWriter:
     """Appends record batches to the active segment of a partition."""
 
-    def __init__(self, files: SegmentFiles, layout: Layout, *, header_len: int, entries: int):
+    def __init__(self, files: SegmentFiles, layout: Layout, *, entries: int):
         self.files = files
         self.layout = layout
-        self.header_len = header_len
         self.batches = entries
         try:
             self._data_fd = os.open(files.data, os.O_WRONLY | os.O_APPEND)
@@ -177,7 +176,7 @@ class SegmentWriter:
             fsync_dir(files.data.parent)
         except OSError as err:
             raise translate_os_error(err, f"creating segment {files.data}") from err
-        return cls(files, layout, header_len=len(header), entries=0)
+        return cls(files, layout, entries=0)
 
     def append(
         self, batch: pa.RecordBatch, event_codes: np.ndarray, timestamps: np.ndarray
@@ -247,12 +246,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def recover(files: SegmentFiles) -> tuple[Layout | None, int, int, Recovery | None]:
+def recover(files: SegmentFiles) -> tuple[Layout | None, int, Recovery | None]:
     """Cut the active segment back to its last whole, checksummed batch.
 
     Returns the segment's layout (None when even its header is torn, in which
-    case the segment holds nothing and should be recreated), its header length,
-    the number of batches kept, and what was cut if anything.
+    case the segment holds nothing and should be recreated), the number of
+    batches kept, and what was cut if anything.
     """
     size = files.data.stat().st_size
     with open(files.data, "rb") as f:
@@ -271,7 +270,7 @@ def recover(files: SegmentFiles) -> tuple[Layout | None, int, int, Recovery | No
         if lost:
             reason = "the schema header is cut short or damaged; the segment starts again empty"
             report = Recovery(str(files.data), 0, len(entries), size, reason)
-        return None, 0, 0, report
+        return None, 0, report
     header_len = preamble[0]
     try:
         layout = Layout.from_schema(pa.ipc.read_schema(pa.BufferReader(data[:header_len])))
@@ -314,7 +313,7 @@ def recover(files: SegmentFiles) -> tuple[Layout | None, int, int, Recovery | No
         with open(files.dir, "r+b") as f:
             f.truncate(entry_offset(kept))
             os.fsync(f.fileno())
-    return layout, header_len, kept, report
+    return layout, kept, report
 
 
 def _parsable_header_length(data: bytes) -> int:
