@@ -281,21 +281,14 @@ def recover(files: SegmentFiles) -> tuple[Layout | None, int, Recovery | None]:
     expected_position = files.first_position
     kept = 0
     reason = ""
+    view = memoryview(data)
     for entry in entries:
-        offset, length = int(entry["offset"]), int(entry["length"])
-        if not entry_ok(entry):
-            reason = f"directory entry {kept} fails its checksum"
+        problem = misplaced(files, kept, entry, expected_offset, expected_position, size)
+        problem = problem or damaged(files, kept, entry, view)
+        if problem is not None:
+            reason = problem.reason
             break
-        if offset != expected_offset or int(entry["first_position"]) != expected_position:
-            reason = f"directory entry {kept} does not follow its predecessor"
-            break
-        if offset + length > size:
-            reason = f"batch {kept} at byte {offset} is cut short"
-            break
-        if zlib.crc32(data[offset : offset + length]) != int(entry["crc"]):
-            reason = f"batch {kept} at byte {offset} fails its checksum"
-            break
-        expected_offset = offset + length
+        expected_offset = int(entry["offset"]) + int(entry["length"])
         expected_position += int(entry["count"])
         kept += 1
     end = expected_offset
@@ -314,6 +307,42 @@ def recover(files: SegmentFiles) -> tuple[Layout | None, int, Recovery | None]:
             f.truncate(entry_offset(kept))
             os.fsync(f.fileno())
     return layout, kept, report
+
+
+def misplaced(
+    files: SegmentFiles,
+    i: int,
+    entry: np.void,
+    expected_offset: int,
+    expected_position: int,
+    size: int,
+) -> CorruptionError | None:
+    """What is wrong with the i-th directory entry itself, if anything: damaged, not
+    following its predecessor, or pointing past the end of the file. Nothing after
+    such an entry can be placed."""
+    offset, length = int(entry["offset"]), int(entry["length"])
+    if not entry_ok(entry):
+        return CorruptionError(
+            str(files.dir), entry_offset(i), f"batch {i}: directory entry checksum mismatch"
+        )
+    if offset != expected_offset or int(entry["first_position"]) != expected_position:
+        return CorruptionError(
+            str(files.dir), entry_offset(i), f"batch {i}: entry does not follow its predecessor"
+        )
+    if offset + length > size:
+        return CorruptionError(str(files.data), offset, f"batch {i}: cut short")
+    return None
+
+
+def damaged(
+    files: SegmentFiles, i: int, entry: np.void, data: memoryview
+) -> CorruptionError | None:
+    """Whether the i-th batch's bytes fail their checksum (its entry is sound)."""
+    offset, length = int(entry["offset"]), int(entry["length"])
+    if zlib.crc32(data[offset : offset + length]) != int(entry["crc"]):
+        # A CRC names the batch, not the bit: report the batch's first byte.
+        return CorruptionError(str(files.data), offset, f"batch {i}: checksum mismatch")
+    return None
 
 
 def _parsable_header_length(data: bytes) -> int:
@@ -439,27 +468,13 @@ class SegmentReader:
         view = memoryview(data)
         for i, entry in enumerate(entries):
             offset, length = int(entry["offset"]), int(entry["length"])
-            where = f"batch {i}"
-            if not entry_ok(entry):
-                yield CorruptionError(
-                    str(self.files.dir),
-                    entry_offset(i),
-                    f"{where}: directory entry checksum mismatch",
-                )
+            problem = misplaced(self.files, i, entry, expected, position, data.size)
+            if problem is not None:
+                yield problem
                 return
-            if offset != expected or int(entry["first_position"]) != position:
-                yield CorruptionError(
-                    str(self.files.dir),
-                    entry_offset(i),
-                    f"{where}: entry does not follow its predecessor",
-                )
-                return
-            if offset + length > data.size:
-                yield CorruptionError(str(self.files.data), offset, f"{where}: cut short")
-                return
-            if zlib.crc32(view[offset : offset + length]) != int(entry["crc"]):
-                # A CRC names the batch, not the bit: report the batch's first byte.
-                yield CorruptionError(str(self.files.data), offset, f"{where}: checksum mismatch")
+            problem = damaged(self.files, i, entry, view)
+            if problem is not None:
+                yield problem
             else:
                 try:
                     message = pa.ipc.read_message(data.slice(offset, length))
@@ -473,7 +488,7 @@ class SegmentReader:
                             "row count or first position differs from its directory entry"
                         )
                 except (pa.ArrowException, ValueError) as err:
-                    yield CorruptionError(str(self.files.data), offset, f"{where}: {err}")
+                    yield CorruptionError(str(self.files.data), offset, f"batch {i}: {err}")
             expected = offset + length
             position += int(entry["count"])
         tail = bytes(view[expected:])
