@@ -56,7 +56,7 @@ def run_demo(data: Path, commands: int, console: Console, *, keep: bool) -> int:
             shown = (
                 f"{example.aggregate_id} v{example.version} at {example.position}: {example.events}"
                 if status == "accepted"
-                else f"{example.command_id}: {example.reason}"
+                else f"{example.command_id or '(no readable id)'}: {example.reason}"
             )
         table.add_row(status, f"{counts[status]:,}", shown)
     console.print(table)
