@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from flows._domain import Aggregate, Decision, Rejected
+from queries import View
 from store import Layout
 
 AGGREGATE_TYPE = "Account"
@@ -130,6 +131,49 @@ ACCOUNT = Aggregate(
     evolve=evolve,
     commands=(OpenAccount, Deposit, Withdraw, CloseAccount),
     events=EVENTS,
+)
+
+
+# -- the read side: views a bank wants, maintained from the log ------------------
+
+VIEWS: tuple[View, ...] = (
+    View(
+        "balances",
+        """
+        SELECT aggregate_id AS account,
+               sum(CASE event_type WHEN 'Deposited' THEN amount
+                                   WHEN 'Withdrawn' THEN -amount ELSE 0 END) AS balance,
+               count(*) FILTER (WHERE event_type = 'Deposited') AS deposits,
+               count(*) FILTER (WHERE event_type = 'Withdrawn') AS withdrawals,
+               max(version) AS version,
+               max(timestamp) AS updated_at
+        FROM events GROUP BY aggregate_id
+        """,
+        description="the balance of every account, and how many payments made it",
+    ),
+    View(
+        "daily_totals",
+        """
+        SELECT date_trunc('day', timestamp) AS day, event_type,
+               count(*) AS events, sum(amount) AS total, avg(amount) AS average,
+               min(amount) AS smallest, max(amount) AS largest
+        FROM events GROUP BY ALL
+        """,
+        description="per day and event type: how many, how much, average and extremes",
+    ),
+    View(
+        "account_status",
+        """
+        SELECT aggregate_id AS account,
+               arg_max_null(CASE event_type WHEN 'AccountClosed' THEN 'closed'
+                                            ELSE 'open' END, version) AS status,
+               arg_max_null(owner, version) FILTER (WHERE event_type = 'AccountOpened')
+                   AS owner,
+               min(timestamp) AS opened_at
+        FROM events GROUP BY aggregate_id
+        """,
+        description="every account's status (open or closed), owner and opening time",
+    ),
 )
 
 
