@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,10 +115,9 @@ def new_results(data_dir: Path, before: dict[Path, int]) -> list[Result]:
     return found
 
 
-def summarize(data_dir: Path, before: dict[Path, int], started: float, console: Console) -> None:
-    """What this run did, read back from the results it wrote."""
+def summarize(data_dir: Path, before: dict[Path, int], seconds: float, console: Console) -> None:
+    """What this run did (in `seconds`), read back from the results it wrote."""
     counts = Counter(r.status for r in new_results(data_dir, before))
-    seconds = time.perf_counter() - started
     total = sum(counts.values())
     events = sum(LogReader.open(data_dir).watermarks().values())
     if not total:

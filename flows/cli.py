@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
+from queries import QueryError
 from store import DataDirError, Fsync, StoreError, check_writable, log_partitions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -83,6 +84,30 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
     run.add_argument("--addresses", help=argparse.SUPPRESS)
 
+    proj = sub.add_parser(
+        "projections",
+        help="list, rebuild or follow the materialized views",
+        description="The domain's materialized views in DIR/projections.duckdb: list them "
+        "with their size and lag, rebuild one (or all) from the log beside the live version "
+        "and swap it in, or follow the log to keep them current (what `run` starts).",
+    )
+    proj_sub = proj.add_subparsers(dest="projections_command", required=True, metavar="ACTION")
+    proj_list = proj_sub.add_parser("list", help="views, rows, and how far behind the log")
+    rebuild = proj_sub.add_parser("rebuild", help="rebuild views from the log, with progress")
+    rebuild.add_argument("name", nargs="?", help="the view to rebuild (default: all)")
+    proj_follow = proj_sub.add_parser(
+        "follow", help="apply the log to the views as it grows, until stdin closes"
+    )
+    for p in (proj_list, rebuild, proj_follow):
+        p.add_argument("--data", type=Path, required=True, help="the data directory")
+        p.add_argument("--domain", choices=DOMAINS, default="bank", help="default: bank")
+    proj_follow.add_argument(
+        "--max-events",
+        type=int,
+        default=1_000_000,
+        help="most events applied in one transaction (default 1,000,000)",
+    )
+
     log = sub.add_parser("log", help="inspect the event log", description="Inspect the event log.")
     log_sub = log.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     stats = log_sub.add_parser("stats", help="segments, events and bytes per partition")
@@ -135,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, argv, console)
         if args.command == "log":
             return _log(args, console)
+        if args.command == "projections":
+            return _projections(args, console)
         if args.command == "bench":
             return _bench(args, console, errors)
     except UsageError as err:
@@ -143,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataDirError as err:
         errors.print(f"cqrsflow: {err}", markup=False, highlight=False)
         return EXIT_USAGE
-    except StoreError as err:
+    except (StoreError, QueryError) as err:
         errors.print(f"cqrsflow: {err}", markup=False, highlight=False)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -192,6 +219,7 @@ def _generate(args: argparse.Namespace, errors: Console) -> int:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console) -> int:
+    from flows._projcmd import start_follower, stop_follower
     from flows._runcmd import RunOptions, prepare, run_cluster, run_process, summarize
 
     if args.commands != "-" and not Path(args.commands).exists():
@@ -222,13 +250,22 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console)
     check_writable(args.data)  # another writer: say so now, not from inside a worker
     started = time.perf_counter()
     before = prepare(args.data, args.commands)
-    if args.processes > 1:
-        code = run_cluster(list(argv if argv is not None else sys.argv[1:]), args.processes)
-        if code:
-            return EXIT_FAILURE
-    else:
-        run_process(DOMAINS[args.domain](), options)
-    summarize(args.data, before, started, console)
+    # One follower maintains the views however many processes write the log.
+    follower = start_follower(args.data, args.domain)
+    try:
+        if args.processes > 1:
+            code = run_cluster(list(argv if argv is not None else sys.argv[1:]), args.processes)
+            if code:
+                return EXIT_FAILURE
+        else:
+            run_process(DOMAINS[args.domain](), options)
+        seconds = time.perf_counter() - started
+    finally:
+        views_code = stop_follower(follower)
+    summarize(args.data, before, seconds, console)
+    if views_code:
+        console.print(f"the views were not brought up to date (exit code {views_code})")
+        return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -267,6 +304,18 @@ def _log(args: argparse.Namespace, console: Console) -> int:
     if args.log_command == "verify":
         return log_verify(args.data, console)
     return log_tail(args.data, console, last=args.n, follow=args.follow)
+
+
+def _projections(args: argparse.Namespace, console: Console) -> int:
+    from flows._projcmd import projections_follow, projections_list, projections_rebuild
+
+    if args.projections_command != "follow":
+        _require_log(args.data)
+    if args.projections_command == "list":
+        return projections_list(args.data, args.domain, console)
+    if args.projections_command == "rebuild":
+        return projections_rebuild(args.data, args.domain, args.name, console)
+    return projections_follow(args.data, args.domain, console, args.max_events)
 
 
 def _bench(args: argparse.Namespace, console: Console, errors: Console) -> int:

@@ -26,7 +26,7 @@ import duckdb
 import pyarrow as pa
 
 from queries._delta import delta_select, merge_statement
-from queries._errors import ProjectionsBusy, ViewDefinitionError
+from queries._errors import ProjectionsBusy, QueryError, ViewDefinitionError
 from queries._tables import event_tables, log_layouts, quote
 from queries._viewdef import ViewDef, parse_view
 from store import Layout, LogReader
@@ -467,7 +467,8 @@ class Projections:
         `catch_up` builds it and swaps it in. Returns ``name@version``."""
         live = [t for t in self._targets if t.live and t.declared.name == name]
         if not live:
-            raise KeyError(f"no view {name!r}; views: {[t.declared.name for t in self._targets]}")
+            names = sorted({t.declared.name for t in self._targets})
+            raise QueryError(f"no view {name!r}; the views are {', '.join(names)}")
         for t in [t for t in self._targets if not t.live and t.declared.name == name]:
             self._drop(t)
             self._targets.remove(t)

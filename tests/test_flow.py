@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
+from view_data import assert_views_match_log, open_views
 
 from connectors import RawBatch
 from flows._dataflow import FlowConfig, command_flow
@@ -179,6 +180,12 @@ def test_two_processes_write_the_same_events_as_one(tmp_path: Path) -> None:
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     assert log_content(tmp_path / "one") == log_content(tmp_path / "two")
     assert len(log_content(tmp_path / "one")) == 300
+    # one follower maintained the views however many processes wrote the log
+    for data in (tmp_path / "one", tmp_path / "two"):
+        projections, reader = open_views(data)
+        assert projections.lag(reader)["balances"].events == 0
+        assert_views_match_log(projections, reader)
+        projections.close()
 
 
 def wait_for_results(data: Path, at_least: int, proc: subprocess.Popen[bytes]) -> bool:
@@ -205,7 +212,9 @@ def test_sigkill_mid_run_then_restart_loses_and_duplicates_nothing(
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         target = (round_ + 1) * (5_000 + 3_000 * seed)
         if wait_for_results(data, target, proc) and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
+            # The run and its view follower die together, each wherever it was.
+            for pid in [*children(proc.pid), proc.pid]:
+                os.kill(pid, signal.SIGKILL)
             kills += 1
         proc.wait()
         for r in read_results(data):
@@ -247,6 +256,15 @@ def test_sigkill_mid_run_then_restart_loses_and_duplicates_nothing(
     for events in content.values():
         state = ACCOUNT.fold(payload for *_, payload in events)
         assert state.balance >= -state.overdraft_limit
+    # the views resumed from their checkpoints and equal their definitions over the log
+    projections, reader = open_views(data)
+    assert_views_match_log(projections, reader)
+    projections.close()
+
+
+def children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in found]
 
 
 def test_bytewax_run_finds_the_bank_flow_configured_by_the_environment(tmp_path: Path) -> None:

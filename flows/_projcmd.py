@@ -1,0 +1,135 @@
+"""`cqrsflow projections list|rebuild|follow`, and the follower `cqrsflow run` starts.
+
+The follower is a child process: it has the DuckDB file to itself (one writer), a core
+of its own beside the flow's worker, and it stops when its stdin closes, which happens
+when the run ends, however it ends, so it never outlives the run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from queries import Projections, ProjectionsBusy, PythonProjection, View
+from queries._follow import follow
+from store import Layout, LogReader
+
+Declared = View | PythonProjection
+
+
+def domain_views(domain: str) -> tuple[tuple[Declared, ...], Layout]:
+    """A domain's views, and the layout of its events (for a log with none yet)."""
+    if domain == "bank":
+        from flows.bank import VIEWS, layout
+
+        return VIEWS, layout()
+    raise KeyError(domain)
+
+
+def _open(data: Path, domain: str) -> tuple[Projections, LogReader]:
+    views, layout = domain_views(domain)
+    reader = LogReader.open(data)
+    return Projections.open(data, views, layout, reader=reader), reader
+
+
+def projections_list(data: Path, domain: str, console: Console) -> int:
+    projections, reader = _open(data, domain)
+    try:
+        lags = projections.lag(reader)
+        table = Table(title=f"views in {data / 'projections.duckdb'}")
+        for column in ("view", "kind", "rows", "lag events", "lag s", "about"):
+            table.add_column(column, justify="left" if column in ("view", "about") else "right")
+        for view in projections.views:
+            kind = "python" if isinstance(view, PythonProjection) else "sql"
+            if isinstance(view, View):
+                definition = projections.definition(view.name)
+                kind = definition.kind if definition is not None else kind
+                (count,) = projections.con.execute(
+                    f"SELECT count(*) FROM {projections.table(view.name)}"
+                ).fetchone() or (0,)
+                rows = f"{count:,}"
+            else:
+                rows = "-"
+            lag = lags[view.name]
+            table.add_row(
+                view.name, kind, rows, f"{lag.events:,}", f"{lag.seconds:.1f}", view.description
+            )
+        console.print(table)
+        for key in projections.building():
+            console.print(f"being built beside the live version: {key}", highlight=False)
+    finally:
+        projections.close()
+    return 0
+
+
+def projections_rebuild(data: Path, domain: str, name: str | None, console: Console) -> int:
+    projections, reader = _open(data, domain)
+    try:
+        names = [name] if name else [v.name for v in projections.views]
+        for n in names:
+            projections.rebuild(n)
+        events = sum(reader.watermarks().values())
+        with Progress(
+            TextColumn("rebuilding {task.fields[names]}"),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} events"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        ) as progress:
+            task = progress.add_task("rebuild", total=events, names=", ".join(names))
+            projections.catch_up(reader, progress=lambda n: progress.advance(task, n))
+        console.print(
+            f"rebuilt {', '.join(names)} from {events:,} events and swapped in", highlight=False
+        )
+    finally:
+        projections.close()
+    return 0
+
+
+def projections_follow(data: Path, domain: str, console: Console, max_events: int) -> int:
+    """Follow the log until stdin closes (the parent run ended), then catch up and stop."""
+    stop = threading.Event()
+
+    def wait_for_eof() -> None:
+        sys.stdin.buffer.read()
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+    # A new run creates the log once its workers start.
+    while not (data / "log" / "manifest.json").exists():
+        if stop.wait(0.05):
+            return 0
+    try:
+        projections, reader = _open(data, domain)
+    except ProjectionsBusy as err:
+        console.print(f"views not maintained by this run: {err}", highlight=False)
+        return 0
+    try:
+        follow(projections, reader, data, stop, max_events=max_events)
+    finally:
+        projections.close()
+    return 0
+
+
+def start_follower(data: Path, domain: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "flows.cli", "projections", "follow"),
+            *("--data", str(data), "--domain", domain),
+        ],
+        stdin=subprocess.PIPE,
+    )
+
+
+def stop_follower(follower: subprocess.Popen[bytes]) -> int:
+    """Tell the follower the run is over; it applies the rest and exits."""
+    assert follower.stdin is not None
+    follower.stdin.close()
+    return follower.wait()
