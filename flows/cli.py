@@ -6,6 +6,7 @@ Exit codes: 0 ok; 1 a runtime failure, reported as one line; 2 bad usage or bad 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from queries import QueryError
+from queries import QueryError, QueryRefused
 from store import DataDirError, Fsync, StoreError, check_writable, log_partitions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -83,6 +84,47 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fsync", choices=[f.value for f in Fsync], default="always")
     run.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
     run.add_argument("--addresses", help=argparse.SUPPRESS)
+
+    query = sub.add_parser(
+        "query",
+        help="answer SQL from the views (or the log), here or from a running server",
+        description="Answer a SQL query over the event tables (events, and one table per "
+        "event type) and the views. The planner rewrites it onto the cheapest view that "
+        "answers it, or scans the log; --explain shows the choice, the alternatives and "
+        "their costs, and why the other views could not answer.",
+    )
+    query.add_argument(
+        "sql", help='the query, e.g. "SELECT event_type, count(*) FROM events GROUP BY 1"'
+    )
+    where = query.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data", type=Path, help="the data directory (no server may hold it)")
+    where.add_argument(
+        "--connect", metavar="URL", help="a running `cqrsflow serve`, grpc://HOST:PORT"
+    )
+    query.add_argument("--explain", action="store_true", help="show the plan instead of the rows")
+    query.add_argument(
+        "--after",
+        action="append",
+        metavar="PARTITION:POSITION",
+        help="wait until the views have applied this log position (a result's `position`)",
+    )
+    query.add_argument("--timeout", type=float, help="seconds to wait for --after (default 10)")
+    query.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    query.add_argument("--token", help="the server's token (default: $CQRSFLOW_TOKEN)")
+    query.add_argument("--domain", choices=DOMAINS, default="bank", help="default: bank")
+
+    serve = sub.add_parser(
+        "serve",
+        help="keep the views current and answer SQL over Arrow Flight",
+        description="Follow the log into the views and answer queries from other processes "
+        "(`cqrsflow query --connect`, notebooks) over Arrow Flight. Binds to loopback unless "
+        "--host says otherwise; with --token (or $CQRSFLOW_TOKEN) every request must carry it.",
+    )
+    serve.add_argument("--data", type=Path, required=True, help="the data directory")
+    serve.add_argument("--port", type=int, default=8815, help="default 8815 (0: any free port)")
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
+    serve.add_argument("--token", help="require this token (default: $CQRSFLOW_TOKEN)")
+    serve.add_argument("--domain", choices=DOMAINS, default="bank", help="default: bank")
 
     proj = sub.add_parser(
         "projections",
@@ -162,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _log(args, console)
         if args.command == "projections":
             return _projections(args, console)
+        if args.command == "query":
+            return _query(args, console)
+        if args.command == "serve":
+            return _serve(args, console)
         if args.command == "bench":
             return _bench(args, console, errors)
     except UsageError as err:
@@ -170,7 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataDirError as err:
         errors.print(f"cqrsflow: {err}", markup=False, highlight=False)
         return EXIT_USAGE
-    except (StoreError, QueryError) as err:
+    except QueryRefused as err:
+        errors.print(f"cqrsflow: {err}", markup=False, highlight=False)
+        return EXIT_USAGE
+    except (StoreError, QueryError, ConnectionError, PermissionError) as err:
         errors.print(f"cqrsflow: {err}", markup=False, highlight=False)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -304,6 +353,40 @@ def _log(args: argparse.Namespace, console: Console) -> int:
     if args.log_command == "verify":
         return log_verify(args.data, console)
     return log_tail(args.data, console, last=args.n, follow=args.follow)
+
+
+def _query(args: argparse.Namespace, console: Console) -> int:
+    from flows._querycmd import parse_after, print_explain, print_table, run_query
+
+    if args.data is not None:
+        _require_log(args.data)
+    try:
+        after = parse_after(args.after)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    table = run_query(
+        args.sql,
+        data=args.data,
+        connect=args.connect,
+        token=args.token or os.environ.get("CQRSFLOW_TOKEN"),
+        domain=args.domain,
+        explain=args.explain,
+        after=after,
+        timeout=args.timeout,
+    )
+    if args.explain and args.format == "table":
+        print_explain(table, console)
+    else:
+        print_table(table, args.format, console)
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace, console: Console) -> int:
+    from flows._querycmd import serve
+
+    _require_log(args.data)
+    token = args.token or os.environ.get("CQRSFLOW_TOKEN")
+    return serve(args.data, args.domain, args.host, args.port, token, console)
 
 
 def _projections(args: argparse.Namespace, console: Console) -> int:

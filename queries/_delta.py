@@ -29,11 +29,11 @@ class StoredColumn:
     hidden: bool = False
 
 
-def _sql(e: exp.Expression) -> str:
+def _sql(e: exp.Expr) -> str:
     return e.sql(DIALECT)
 
 
-def _filtered(call: str, *conditions: exp.Expression | None) -> str:
+def _filtered(call: str, *conditions: exp.Expr | None) -> str:
     kept = [f"({_sql(c)})" for c in conditions if c is not None]
     return f"{call} FILTER (WHERE {' AND '.join(kept)})" if kept else call
 

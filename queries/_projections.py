@@ -333,6 +333,13 @@ class Projections:
                 return t.tables[name]
         raise KeyError(name)
 
+    def positions(self, name: str) -> dict[int, int]:
+        """The next log position per partition the live version of `name` will apply."""
+        for t in self._targets:
+            if t.live and t.declared.name == name:
+                return t.checkpoint
+        raise KeyError(name)
+
     def checkpoints(self) -> dict[str, dict[int, int]]:
         """Each view version's next position per partition (``name@version``)."""
         return {t.key: dict(t.checkpoint) for t in self._targets}

@@ -29,7 +29,7 @@ DIALECT = "duckdb"
 
 AggFunc = Literal["sum", "count", "min", "max", "avg", "arg_max", "arg_min"]
 
-_AGGREGATES: dict[type[exp.Expression], AggFunc] = {
+_AGGREGATES: dict[type[exp.Expr], AggFunc] = {
     exp.Sum: "sum",
     exp.Count: "count",
     exp.Min: "min",
@@ -66,7 +66,7 @@ class Column:
     """A view column made by a scalar expression over the source table."""
 
     name: str
-    expr: exp.Expression
+    expr: exp.Expr
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +78,9 @@ class Aggregation:
 
     name: str
     func: AggFunc
-    arg: exp.Expression | None
-    order: exp.Expression | None = None
-    filter: exp.Expression | None = None
+    arg: exp.Expr | None
+    order: exp.Expr | None = None
+    filter: exp.Expr | None = None
     keep_nulls: bool = False
 
 
@@ -92,7 +92,7 @@ class ViewDef:
     name: str
     sql: str
     source: str
-    where: exp.Expression | None
+    where: exp.Expr | None
     keys: tuple[Column, ...]
     columns: tuple[Column, ...]
     aggregations: tuple[Aggregation, ...]
@@ -182,8 +182,8 @@ def _check_node(name: str, node: exp.Expr) -> None:
         )
 
 
-def _named_items(name: str, select: exp.Select) -> list[tuple[str, exp.Expression]]:
-    items: list[tuple[str, exp.Expression]] = []
+def _named_items(name: str, select: exp.Select) -> list[tuple[str, exp.Expr]]:
+    items: list[tuple[str, exp.Expr]] = []
     for item in select.expressions:
         if isinstance(item, exp.Star):
             raise _refuse(name, "*", "list the view's columns by name")
@@ -203,7 +203,7 @@ def _named_items(name: str, select: exp.Select) -> list[tuple[str, exp.Expressio
     return items
 
 
-def _aggregate_of(expr: exp.Expression) -> bool:
+def _aggregate_of(expr: exp.Expr) -> bool:
     return any(isinstance(e, exp.AggFunc) or _null_agg(e) is not None for e in expr.walk())
 
 
@@ -213,8 +213,8 @@ def _null_agg(expr: exp.Expr) -> AggFunc | None:
     return None
 
 
-def _aggregation(view: str, column: str, expr: exp.Expression) -> Aggregation:
-    condition: exp.Expression | None = None
+def _aggregation(view: str, column: str, expr: exp.Expr) -> Aggregation:
+    condition: exp.Expr | None = None
     if isinstance(expr, exp.Filter):
         condition = expr.expression.this
         expr = expr.this
@@ -241,8 +241,8 @@ def _aggregate(
     sql: str,
     select: exp.Select,
     source: str,
-    where: exp.Expression | None,
-    items: list[tuple[str, exp.Expression]],
+    where: exp.Expr | None,
+    items: list[tuple[str, exp.Expr]],
     group: exp.Group | None,
 ) -> ViewDef:
     if group is None:
@@ -278,10 +278,10 @@ def _aggregate(
 
 
 def _group_key(
-    key: exp.Expression,
-    items: list[tuple[str, exp.Expression]],
-    by_alias: dict[str, exp.Expression],
-) -> exp.Expression:
+    key: exp.Expr,
+    items: list[tuple[str, exp.Expr]],
+    by_alias: dict[str, exp.Expr],
+) -> exp.Expr:
     """A GROUP BY item as the expression it names (``GROUP BY 1``, ``GROUP BY alias``)."""
     if isinstance(key, exp.Literal) and key.is_int and 1 <= int(key.this) <= len(items):
         return items[int(key.this) - 1][1]
@@ -295,7 +295,7 @@ def _latest_per_key(
     sql: str,
     select: exp.Select,
     source: str,
-    where: exp.Expression | None,
+    where: exp.Expr | None,
     distinct: exp.Distinct,
 ) -> ViewDef:
     on = distinct.args.get("on")

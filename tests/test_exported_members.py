@@ -87,4 +87,34 @@ def test_flows_exports() -> None:
 
 
 def test_queries_exports() -> None:
-    assert set(queries.__all__) == {"register_log"}
+    assert set(queries.__all__) == {
+        "Aggregation",
+        "CircuitOpen",
+        "Column",
+        "ConnectionPool",
+        "FlightQueryClient",
+        "FlightQueryServer",
+        "Lag",
+        "Plan",
+        "Planner",
+        "PoolExhausted",
+        "PoolStats",
+        "Projections",
+        "ProjectionsBusy",
+        "PythonProjection",
+        "QueryError",
+        "QueryLayer",
+        "QueryRefused",
+        "QueryService",
+        "QueryTimeout",
+        "View",
+        "ViewDef",
+        "ViewDefinitionError",
+        "check_read_only",
+        "event_tables",
+        "follow",
+        "harden",
+        "parse_view",
+        "read_watermark",
+        "register_log",
+    }

@@ -1,0 +1,159 @@
+"""`cqrsflow query` and `cqrsflow serve`: SQL over the views, here or over Arrow Flight.
+
+`query --data DIR` opens the projections database itself (so no other process may hold
+it), brings the views up to the log, and answers. `serve` keeps the views current from
+the log in a thread and answers Flight clients (`query --connect`) meanwhile.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+import pyarrow as pa
+from rich.console import Console
+from rich.table import Table
+
+from flows._projcmd import domain_views
+from queries import Projections
+from queries._flight import FlightQueryClient, FlightQueryServer
+from queries._follow import follow
+from queries._service import QueryLayer
+from store import LogReader
+
+
+def parse_after(values: list[str] | None) -> dict[int, int] | None:
+    """``--after 2:1234`` (a result's `position`), repeatable or comma-separated."""
+    if not values:
+        return None
+    after: dict[int, int] = {}
+    for value in (v for given in values for v in given.split(",")):
+        partition, sep, offset = value.partition(":")
+        if not sep or not partition.isdigit() or not offset.isdigit():
+            raise ValueError(
+                f"--after {value!r}: expected PARTITION:POSITION as in a result's "
+                "`position`, e.g. 2:1234"
+            )
+        after[int(partition)] = max(after.get(int(partition), 0), int(offset))
+    return after
+
+
+@contextmanager
+def local_layer(data: Path, domain: str) -> Iterator[QueryLayer]:
+    views, layout = domain_views(domain)
+    reader = LogReader.open(data)
+    projections = Projections.open(data, views, layout, reader=reader)
+    try:
+        projections.catch_up(reader)
+        layer = QueryLayer(projections, reader)
+        try:
+            yield layer
+        finally:
+            layer.close()
+    finally:
+        projections.close()
+
+
+def run_query(
+    sql: str,
+    *,
+    data: Path | None,
+    connect: str | None,
+    token: str | None,
+    domain: str,
+    explain: bool,
+    after: Mapping[int, int] | None,
+    timeout: float | None,
+) -> pa.Table:
+    if connect is not None:
+        with FlightQueryClient(connect, token=token) as client:
+            return client.query(sql, after=after, explain=explain, timeout=timeout)
+    assert data is not None
+    with local_layer(data, domain) as layer:
+        return layer.run(sql, after=after, explain=explain, timeout=timeout)
+
+
+def print_explain(plan: pa.Table, console: Console) -> None:
+    """The plan as text: the choice and its SQL, the alternatives, the views refused."""
+    rows = plan.to_pylist()
+    for row in rows:
+        if row["chosen"]:
+            console.print(
+                f"chosen: {row['target']} ({row['rule']}), estimated {row['estimated_ms']} ms",
+                highlight=False,
+            )
+            console.print(f"  {row['detail']}", highlight=False)
+    usable = [r for r in rows if not r["chosen"] and r["estimated_ms"] is not None]
+    if usable:
+        console.print("alternatives:")
+    for row in usable:
+        console.print(
+            f"  {row['target']} ({row['rule']}), estimated {row['estimated_ms']} ms: "
+            f"{row['detail']}",
+            highlight=False,
+        )
+    refused = [r for r in rows if r["estimated_ms"] is None]
+    if refused:
+        console.print("views that cannot answer it:")
+    for row in refused:
+        console.print(f"  {row['target']}: {row['detail']}", highlight=False)
+
+
+def print_table(table: pa.Table, fmt: str, console: Console) -> None:
+    rows = table.to_pylist()
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(row, default=str))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(table.column_names)
+        writer.writerows([row[c] for c in table.column_names] for row in rows)
+    else:
+        shown = Table(*table.column_names)
+        for row in rows:
+            shown.add_row(*("" if v is None else str(v) for v in row.values()))
+        console.print(shown)
+        console.print(f"{len(rows):,} row(s)", style="dim", highlight=False)
+
+
+def serve(
+    data: Path, domain: str, host: str, port: int, token: str | None, console: Console
+) -> int:
+    """Maintain the views and answer Flight clients until SIGINT or SIGTERM."""
+    with local_layer(data, domain) as layer:
+        stop = threading.Event()
+
+        def maintain() -> None:
+            def on_round(applied: int) -> None:
+                if applied:
+                    layer.applied()
+
+            follow(layer.projections, layer.reader, data, stop, on_round=on_round)
+
+        follower = threading.Thread(target=maintain, name="cqrsflow-views", daemon=True)
+        follower.start()
+        server = FlightQueryServer(layer, host=host, port=port, token=token)
+
+        def shutdown(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, shutdown)
+        signal.signal(signal.SIGINT, shutdown)
+        console.print(
+            f"serving SQL over Arrow Flight at {server.location} "
+            f"({'token required' if token else 'no token'}); views follow the log in {data}",
+            highlight=False,
+        )
+        sys.stdout.flush()
+        server.serve()
+        stop.set()
+        follower.join()
+    return 0

@@ -1,0 +1,235 @@
+"""The query layer: SQL in, the cheapest fresh-enough answer out.
+
+`QueryLayer.run` checks that the statement only reads, plans it (from the plan cache
+when its shape was seen), waits for the views it reads to reach the caller's log
+positions (read-your-writes), serves the result from the result cache when the views
+have not moved since it was stored, and otherwise runs it on a pooled DuckDB connection
+and feeds the run time back to the planner.
+
+It runs in the process that maintains the views (DuckDB has one writer per file), on
+cursors of the same database: `cqrsflow serve`, `cqrsflow query --data`, a notebook.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from queries._errors import QueryError, QueryTimeout
+from queries._guard import harden
+from queries._planner import Catalog, CatalogView, Plan, Planner
+from queries._pool import ConnectionPool
+from queries._projections import Projections, View
+from queries._tables import register_log
+from store import LogReader
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    table: pa.Table
+    # What the answer was read from: the views' generation (bumped by `applied`), or
+    # for a base scan the log's positions.
+    read_from: object
+    stored: float
+
+
+class QueryLayer:
+    """Answers SQL over the event tables and the views of one data directory."""
+
+    def __init__(
+        self,
+        projections: Projections,
+        reader: LogReader,
+        *,
+        pool_size: int = 4,
+        query_timeout: float = 30.0,
+        result_ttl: float = 60.0,
+        result_cache_size: int = 4096,
+        wait_timeout: float = 10.0,
+    ) -> None:
+        self.projections = projections
+        self.reader = reader
+        self._db_lock = threading.Lock()
+        harden(projections.con)
+        self.pool = ConnectionPool(self._connect, size=pool_size, query_timeout=query_timeout)
+        self.planner = Planner(self._make_catalog)
+        # Results by rewritten statement and parameters; `_by_text` finds them from the
+        # query's text without planning, the path that repeated queries take.
+        self._results: OrderedDict[tuple[str, tuple[object, ...]], _Cached] = OrderedDict()
+        self._by_text: dict[tuple[str, object, object], tuple[str, tuple[object, ...]]] = {}
+        self._generation = 0
+        self._result_cache_size = result_cache_size
+        self._result_ttl = result_ttl
+        self._wait_timeout = wait_timeout
+        self._applied = threading.Condition()
+        self._registered: dict[int, tuple[tuple[int, int], ...]] = {}
+        self._catalog: Catalog | None = None
+        self.result_hits = 0
+        self.result_misses = 0
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        with self._db_lock:
+            return self.projections.con.cursor()
+
+    # -- what the planner knows ----------------------------------------------------
+
+    def _make_catalog(self) -> Catalog:
+        catalog = self._catalog
+        if catalog is None or catalog.log_positions != self.reader.watermarks():
+            catalog = self._catalog = self._build_catalog()
+        return catalog
+
+    def _build_catalog(self) -> Catalog:
+        views = []
+        with self.pool.connection() as con:
+            for declared in self.projections.views:
+                if not isinstance(declared, View):
+                    continue
+                definition = self.projections.definition(declared.name)
+                assert definition is not None
+                table = self.projections.table(declared.name)
+                (rows,) = con.sql(f"SELECT count(*) FROM {table}").fetchall()[0]
+                views.append(
+                    CatalogView(
+                        declared.name,
+                        definition,
+                        table,
+                        declared.keys,
+                        rows,
+                        self.projections.positions(declared.name),
+                    )
+                )
+        layout = self.projections.layout
+        types = {et.name: {f.name: f.column for f in et.fields} for et in layout.event_types}
+        positions = self.reader.watermarks()
+        return Catalog(tuple(views), sum(positions.values()), positions, types, len(views))
+
+    def applied(self) -> None:
+        """Call after the views applied a batch: wakes readers waiting for positions."""
+        with self._applied:
+            self._catalog = None
+            self._generation += 1
+            self._applied.notify_all()
+
+    # -- answering -----------------------------------------------------------------
+
+    def run(
+        self,
+        sql: str,
+        *,
+        after: Mapping[int, int] | None = None,
+        explain: bool = False,
+        timeout: float | None = None,
+        max_staleness: float | None = None,
+    ) -> pa.Table:
+        """The answer to `sql` (or its plan, with `explain`).
+
+        `after`: log positions (partition -> position, as in a command's result) the
+        views must have applied first, waited for up to `timeout` seconds.
+        `max_staleness`: seconds a view may lag the log; staler views are not used.
+        """
+        after_key = tuple(sorted(after.items())) if after else None
+        text_key = (sql, after_key, max_staleness)
+        if not explain:
+            found = self._by_text.get(text_key)
+            cached = self._results.get(found) if found is not None else None
+            if cached is not None and self._fresh(cached):
+                self.result_hits += 1
+                return cached.table
+        refuse = self._stale_refusal(max_staleness) if max_staleness is not None else None
+        plan, params = self.planner.plan(sql, refuse=refuse)
+        if explain:
+            return plan.explain()
+        if after:
+            self._wait_for(plan, after, timeout if timeout is not None else self._wait_timeout)
+        key = (plan.chosen.sql, tuple(params))
+        cached = self._results.get(key)
+        if cached is not None and self._fresh(cached):
+            self.result_hits += 1
+            self._by_text[text_key] = key
+            return cached.table
+        self.result_misses += 1
+        read_from = self._read_from(plan)
+        started = time.perf_counter()
+        table = self.pool.run(lambda con: self._execute(con, plan, params))
+        self.planner.observe(sql, plan, time.perf_counter() - started)
+        self._results[key] = _Cached(table, read_from, time.monotonic())
+        self._by_text[text_key] = key
+        if len(self._results) > self._result_cache_size:
+            self._results.popitem(last=False)
+            if len(self._by_text) > 2 * self._result_cache_size:
+                self._by_text.clear()
+        return table
+
+    def _fresh(self, cached: _Cached) -> bool:
+        if time.monotonic() - cached.stored >= self._result_ttl:
+            return False
+        if isinstance(cached.read_from, int):
+            return cached.read_from == self._generation
+        return bool(cached.read_from == self._log_positions())
+
+    def _execute(
+        self, con: duckdb.DuckDBPyConnection, plan: Plan, params: list[object]
+    ) -> pa.Table:
+        if plan.chosen.target == "log":
+            self._register_log(con)
+        try:
+            return con.sql(plan.chosen.sql, params=params or None).to_arrow_table()
+        except duckdb.Error as err:
+            if isinstance(err, duckdb.InterruptException):
+                raise
+            raise QueryError(f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+
+    def _register_log(self, con: duckdb.DuckDBPyConnection) -> None:
+        """The event tables on this connection, as of the log now (zero-copy)."""
+        self.reader.refresh()
+        now = tuple(sorted(self.reader.watermarks().items()))
+        if self._registered.get(id(con)) != now:
+            register_log(con, self.reader)
+            self._registered[id(con)] = now
+
+    def _read_from(self, plan: Plan) -> object:
+        """What an answer depends on: the views' generation, or the log's positions."""
+        return self._generation if plan.views else self._log_positions()
+
+    def _log_positions(self) -> tuple[tuple[int, int], ...]:
+        self.reader.refresh()
+        return tuple(sorted(self.reader.watermarks().items()))
+
+    def _wait_for(self, plan: Plan, after: Mapping[int, int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for view in plan.views:
+            with self._applied:
+                while True:
+                    have = self.projections.positions(view)
+                    behind = {p: pos for p, pos in after.items() if have.get(p, 0) <= pos}
+                    if not behind:
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise QueryTimeout(
+                            f"view {view!r} has not reached log position(s) {dict(after)} "
+                            f"within {timeout} s (it is at {have}); is the view follower "
+                            "running? raise the timeout, or query without --after"
+                        )
+                    self._applied.wait(min(left, 0.05))
+
+    def _stale_refusal(self, bound: float) -> Callable[[str], str | None]:
+        lags = self.projections.lag(self.reader)
+
+        def refuse(view: str) -> str | None:
+            lag = lags.get(view)
+            if lag is not None and lag.seconds > bound:
+                return f"{lag.seconds:.1f} s behind the log; the query allows {bound} s"
+            return None
+
+        return refuse
+
+    def close(self) -> None:
+        self.pool.close()
