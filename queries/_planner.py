@@ -87,6 +87,7 @@ class Plan:
     params: tuple[int, ...]  # which literal of the query text is each `$n`
     pinned: tuple[tuple[int, str], ...]  # literals the plan depends on, by index
     views: tuple[str, ...]  # the views the chosen plan reads
+    reads_log: bool  # whether it reads the event tables (the log)
 
     def explain(self) -> pa.Table:
         rows: list[dict[str, object]] = [
@@ -215,9 +216,24 @@ class Planner:
                 node.meta["slot"] = starts[start]
         candidates: list[tuple[Candidate, exp.Expr, tuple[str, ...]]] = []
         refused: list[tuple[str, str]] = []
-        log = self._candidate("log", "base scan of the log", "log scan", catalog.log_events, query)
-        candidates.append((log[0], log[1], ()))
-        if isinstance(query, exp.Select):
+        by_name = {v.name.lower(): v for v in catalog.views}
+        tables = [t.name.lower() for t in query.find_all(exp.Table)]
+        named = tuple(dict.fromkeys(by_name[t].name for t in tables if t in by_name))
+        log_read = any(t not in by_name for t in tables)
+        if named:  # the query reads views by name: run it as written
+            work = sum(by_name[n.lower()].rows for n in named)
+            direct = self._candidate(", ".join(named), "as written", "view scan", work, query)
+            candidates.append((direct[0], direct[1], named))
+            refused += [
+                (v.name, "the query names its views") for v in catalog.views if v.name not in named
+            ]
+            query = exp.select("1")  # nothing to match
+        else:
+            log = self._candidate(
+                "log", "base scan of the log", "log scan", catalog.log_events, query
+            )
+            candidates.append((log[0], log[1], ()))
+        if isinstance(query, exp.Select) and not named:
             for view in catalog.views:
                 why = refuse(view.name) if refuse is not None else None
                 if why is not None:
@@ -232,7 +248,7 @@ class Planner:
                     continue
                 candidate, tree = self._view_candidate(view, rewrite)
                 candidates.append((candidate, tree, (view.name,)))
-        else:
+        elif not named:
             refused += [(v.name, "only a single SELECT is matched to views") for v in catalog.views]
         candidates.sort(key=lambda c: c[0].seconds)
         chosen, tree, views = candidates[0]
@@ -245,7 +261,10 @@ class Planner:
             (i, t) for i, t in enumerate(tokens) if i not in used and not t.startswith('"')
         )
         others = tuple(c for c, _, _ in candidates[1:])
-        return Plan(chosen, (chosen, *others), tuple(refused), tuple(params), pinned, views)
+        reads_log = log_read if named or chosen.target == "log" else False
+        return Plan(
+            chosen, (chosen, *others), tuple(refused), tuple(params), pinned, views, reads_log
+        )
 
     def _candidate(
         self, target: str, rule: str, kind: Kind, work: float, tree: exp.Expr

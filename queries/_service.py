@@ -35,7 +35,7 @@ class _Cached:
     table: pa.Table
     # What the answer was read from: the views' generation (bumped by `applied`), or
     # for a base scan the log's positions.
-    read_from: object
+    read_from: tuple[int | None, object]
     stored: float
 
 
@@ -170,14 +170,15 @@ class QueryLayer:
     def _fresh(self, cached: _Cached) -> bool:
         if time.monotonic() - cached.stored >= self._result_ttl:
             return False
-        if isinstance(cached.read_from, int):
-            return cached.read_from == self._generation
-        return bool(cached.read_from == self._log_positions())
+        generation, log = cached.read_from
+        if generation is not None and generation != self._generation:
+            return False
+        return log is None or log == self._log_positions()
 
     def _execute(
         self, con: duckdb.DuckDBPyConnection, plan: Plan, params: list[object]
     ) -> pa.Table:
-        if plan.chosen.target == "log":
+        if plan.reads_log:
             self._register_log(con)
         try:
             return con.sql(plan.chosen.sql, params=params or None).to_arrow_table()
@@ -194,9 +195,12 @@ class QueryLayer:
             register_log(con, self.reader)
             self._registered[id(con)] = now
 
-    def _read_from(self, plan: Plan) -> object:
-        """What an answer depends on: the views' generation, or the log's positions."""
-        return self._generation if plan.views else self._log_positions()
+    def _read_from(self, plan: Plan) -> tuple[int | None, object]:
+        """What an answer depends on: the views' generation, the log's positions."""
+        return (
+            self._generation if plan.views else None,
+            self._log_positions() if plan.reads_log else None,
+        )
 
     def _log_positions(self) -> tuple[tuple[int, int], ...]:
         self.reader.refresh()
