@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 
@@ -106,11 +107,18 @@ def print_explain(plan: pa.Table, console: Console) -> None:
         console.print(f"  {row['target']}: {row['detail']}", highlight=False)
 
 
+def _json_value(value: object) -> object:
+    """DuckDB's HUGEINT sums arrive as Decimal: integral ones are JSON integers."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
+
+
 def print_table(table: pa.Table, fmt: str, console: Console) -> None:
     rows = table.to_pylist()
     if fmt == "json":
         for row in rows:
-            print(json.dumps(row, default=str))
+            print(json.dumps(row, default=_json_value))
     elif fmt == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(table.column_names)
