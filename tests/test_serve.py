@@ -96,7 +96,7 @@ def test_a_client_process_queries_the_server_and_reads_its_writes(
         for p in (data / "results").glob("*.jsonl")
         for x in p.read_text().splitlines()
     ]
-    position = [r["position"] for r in results if r["command_id"] == "m39"][0]
+    position = next(r["position"] for r in results if r["command_id"] == "m39")
     fresh = cqrsflow(
         "query", "--connect", url, "--after", position, "--format", "json",
         "SELECT deposits, balance FROM balances WHERE account = 'acct-new'",
