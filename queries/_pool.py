@@ -2,9 +2,10 @@
 
 The pool opens at most `size` connections, lazily, from a factory (typically cursors of one
 database: ``ConnectionPool(lambda: db.cursor())``). `run` and `execute` bound each query
-with `query_timeout`, interrupting it from a timer thread; `connection` lends a connection
-without that limit. A connection is checked with ``SELECT 1`` whenever it comes back, and
-closed and replaced if the check or the query failed in a way that blames the database.
+with `query_timeout`, interrupting it from a watchdog thread; `connection` lends a
+connection without that limit. A connection whose query failed is checked with
+``SELECT 1`` when it comes back, and closed and replaced if the check or the query failed
+in a way that blames the database.
 
 A circuit breaker stops the pool from hammering a broken database. A failure is one of:
 the factory raising; a query raising `duckdb.ConnectionException`, `FatalException`,
@@ -99,6 +100,7 @@ class ConnectionPool:
         self._last_failure = ""
         self._opened_at = 0.0
         self._trial_running = False
+        self._watchdog = _Watchdog()
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -115,19 +117,27 @@ class ConnectionPool:
 
     def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """``fn(connection)``, interrupted with `QueryTimeout` after `query_timeout` seconds."""
-        with self.connection() as con:
-            watchdog = _Watchdog(con, self._query_timeout)
-            try:
-                return fn(con)
-            except duckdb.InterruptException as e:
-                if watchdog.fired:
-                    raise QueryTimeout(
-                        f"query ran longer than {self._query_timeout} s and was interrupted; "
-                        "narrow it (filters, LIMIT, fewer joins) or raise query_timeout"
-                    ) from e
-                raise
-            finally:
-                watchdog.stop()
+        # `connection()` spelled out: this is every query's path, and a generator-based
+        # context manager costs more than the rest of the pool's work.
+        con, trial = self._acquire()
+        error: BaseException | None = None
+        watch = self._watchdog.watch(con, self._query_timeout)
+        try:
+            return fn(con)
+        except duckdb.InterruptException as e:
+            error = e
+            if watch.fired:
+                raise QueryTimeout(
+                    f"query ran longer than {self._query_timeout} s and was interrupted; "
+                    "narrow it (filters, LIMIT, fewer joins) or raise query_timeout"
+                ) from e
+            raise
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            self._watchdog.stop(watch)
+            self._release(con, trial, error)
 
     def execute(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
         """The result of one query as an Arrow table, under `query_timeout`.
@@ -208,7 +218,12 @@ class ConnectionPool:
     def _release(
         self, con: duckdb.DuckDBPyConnection, trial: bool, error: BaseException | None
     ) -> None:
-        failure = error if isinstance(error, _DATABASE_ERRORS) else _health_check(con)
+        # A query that succeeded proves the connection; one that failed for its own
+        # reasons (bad SQL, a timeout) may have left it broken: check it.
+        if isinstance(error, _DATABASE_ERRORS):
+            failure: BaseException | None = error
+        else:
+            failure = None if error is None else _health_check(con)
         with self._cond:
             self._in_use -= 1
             keep = failure is None and not self._closed
@@ -263,32 +278,64 @@ class ConnectionPool:
             self._opened_at = self._clock()
 
 
-class _Watchdog:
-    """Interrupts the query running on `con` after `timeout` seconds, unless stopped first."""
+class _Watch:
+    """One query's deadline; `fired` tells whether it was interrupted."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, timeout: float) -> None:
-        self._con = con
-        # stop() and the timer take turns under the lock, so an interrupt can only land
-        # before stop() returns: never on a later query of whoever gets `con` next
-        self._lock = threading.Lock()
-        self._stopped = False
+    __slots__ = ("con", "deadline", "fired", "stopped")
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, deadline: float) -> None:
+        self.con = con
+        self.deadline = deadline
         self.fired = False
-        self._timer = threading.Timer(timeout, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        self.stopped = False
 
-    def _fire(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self.fired = True
-            with contextlib.suppress(duckdb.ConnectionException):  # closed: nothing to stop
-                self._con.interrupt()
 
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-        self._timer.cancel()
+class _Watchdog:
+    """One thread that interrupts queries past their deadline.
+
+    A thread per query (`threading.Timer`) costs more to start than a point lookup
+    takes; here a query registers its deadline under a lock. `stop` and the interrupt
+    take turns under that lock, so an interrupt lands before `stop` returns or never:
+    never on a later query of whoever gets the connection next.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._watches: set[_Watch] = set()
+        self._thread: threading.Thread | None = None
+        self._wake = float("inf")  # when the thread wakes next
+
+    def watch(self, con: duckdb.DuckDBPyConnection, timeout: float) -> _Watch:
+        w = _Watch(con, time.monotonic() + timeout)
+        with self._cond:
+            self._watches.add(w)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="cqrsflow-query-watchdog", daemon=True
+                )
+                self._thread.start()
+            # Waking the thread for every query would cost a context switch each; it
+            # only needs waking when this deadline comes before its next wake.
+            if w.deadline < self._wake:
+                self._cond.notify()
+        return w
+
+    def stop(self, w: _Watch) -> None:
+        with self._cond:
+            w.stopped = True
+            self._watches.discard(w)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for w in [w for w in self._watches if w.deadline <= now]:
+                    self._watches.discard(w)
+                    w.fired = True
+                    with contextlib.suppress(duckdb.ConnectionException):  # closed already
+                        w.con.interrupt()
+                self._wake = min((w.deadline for w in self._watches), default=now + 60.0)
+                self._cond.wait(max(self._wake - now, 0.001))
 
 
 def _health_check(con: duckdb.DuckDBPyConnection) -> duckdb.Error | None:

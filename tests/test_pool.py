@@ -198,13 +198,14 @@ def test_an_interrupt_not_from_the_timeout_is_not_a_timeout(
 # -- health ----------------------------------------------------------------------
 
 
-def test_a_connection_that_fails_its_check_is_replaced(
+def test_a_connection_whose_query_failed_and_fails_its_check_is_replaced(
     make_pool: Callable[..., ConnectionPool], database: Database
 ) -> None:
     pool = make_pool()
-    with pool.connection() as con:
+    with pytest.raises(ValueError), pool.connection() as con:
         first = con
         con.close()  # SELECT 1 fails when it comes back
+        raise ValueError("the query failed; was it the connection?")
     assert (pool.stats().created, pool.stats().failures) == (0, 1)
     assert pool.run(lambda con: con is not first and con.execute("SELECT 1").fetchall())
     assert database.opened == 2
