@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -17,9 +18,56 @@ from rich.table import Table
 
 from flows._generate import bank_commands, encoder
 from flows._runcmd import RunOptions, new_results, prepare, run_process
-from flows.bank import ACCOUNT
+from flows.bank import ACCOUNT, VIEWS
+from queries import Projections, QueryLayer
 from store import Fsync, LogReader, to_polars, verify_log
 from store._verify import segment_stats
+
+DEMO_QUERIES = (
+    "SELECT event_type, count(*) AS events, sum(amount) AS total FROM events "
+    "GROUP BY event_type ORDER BY events DESC",
+    "SELECT aggregate_id, sum(CASE event_type WHEN 'Deposited' THEN amount "
+    "WHEN 'Withdrawn' THEN -amount ELSE 0 END) AS balance FROM events "
+    "WHERE aggregate_id = 'acct-0000001' GROUP BY aggregate_id",
+    "SELECT avg(amount) AS average_withdrawal FROM Withdrawn",
+)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return round(value, 2) if isinstance(value, float) else value
+
+
+def _views_and_queries(data: Path, console: Console) -> None:
+    reader = LogReader.open(data)
+    projections = Projections.open(data, VIEWS, ACCOUNT.layout(), reader=reader)
+    try:
+        started = time.perf_counter()
+        applied = projections.catch_up(reader)
+        seconds = time.perf_counter() - started
+        events = sum(reader.watermarks().values())
+        console.print(
+            f"6. the views ({', '.join(v.name for v in VIEWS)}) are up to date: "
+            f"{applied:,} view rows updated from {events:,} events in {seconds:.2f} s",
+            highlight=False,
+        )
+        layer = QueryLayer(projections, reader)
+        console.print("7. SQL over the event tables, planned onto the views:")
+        for sql in DEMO_QUERIES:
+            plan, _ = layer.planner.plan(sql)
+            started = time.perf_counter()
+            result = layer.run(sql)
+            took = (time.perf_counter() - started) * 1000
+            first = {k: _plain(v) for k, v in (result.to_pylist() or [{}])[0].items()}
+            console.print(f"   [bold]{sql}[/]", highlight=False)
+            console.print(
+                f"   -> {plan.chosen.target} ({plan.chosen.rule}) in {took:.2f} ms: {first}",
+                highlight=False,
+            )
+        layer.close()
+    finally:
+        projections.close()
 
 
 def run_demo(data: Path, commands: int, console: Console, *, keep: bool) -> int:
@@ -99,8 +147,13 @@ def run_demo(data: Path, commands: int, console: Console, *, keep: bool) -> int:
     for row in totals.iter_rows():
         summary.add_row(str(row[0]), f"{row[1]:,}", f"{row[2] or 0:,}")
     console.print(summary)
+    _views_and_queries(data, console)
     if keep:
-        console.print(f"explore it: cqrsflow log stats --data {data}", highlight=False)
+        console.print(
+            f"explore it: cqrsflow log stats --data {data}; cqrsflow projections list --data "
+            f'{data}; cqrsflow query --data {data} --explain "SELECT ..."',
+            highlight=False,
+        )
     else:
         console.print("(pass --data DIR to keep the data directory and explore it)")
     return 0
