@@ -242,3 +242,17 @@ def test_read_your_writes_waits_for_the_views_or_fails_clearly(tmp_path: Path) -
     layer.close()
     projections.close()
     assert LogReader.open(tmp_path).watermarks() == {0: 800}
+
+
+def test_a_plan_far_slower_than_estimated_is_planned_again_with_what_was_measured(
+    layer: QueryLayer,
+) -> None:
+    sql = "SELECT event_type, max(amount) AS hi FROM events GROUP BY event_type"
+    plan, _ = layer.planner.plan(sql)
+    before = layer.planner.seconds_per_unit()[plan.chosen.kind]
+    misses = layer.planner.misses
+    layer.planner.observe(sql, plan, seconds=plan.chosen.seconds * 1000 + 1.0)
+    assert layer.planner.seconds_per_unit()[plan.chosen.kind] > before
+    again, _ = layer.planner.plan(sql)
+    assert layer.planner.misses == misses + 1  # dropped from the cache, planned anew
+    assert again.chosen.seconds > plan.chosen.seconds or again.chosen.target != plan.chosen.target
