@@ -66,7 +66,6 @@ class Catalog:
     log_events: int
     log_positions: Mapping[int, int]
     type_columns: Mapping[str, dict[str, str]]  # event type -> field -> log column
-    version: int  # changes when a view is added, rebuilt or swapped
 
 
 @dataclass(frozen=True, slots=True)

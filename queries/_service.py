@@ -33,8 +33,8 @@ from store import LogReader
 @dataclass(frozen=True, slots=True)
 class _Cached:
     table: pa.Table
-    # What the answer was read from: the views' generation (bumped by `applied`), or
-    # for a base scan the log's positions.
+    # What the answer was read from: the views' generation (bumped by `applied`) if it
+    # read views, and the log's positions if it read the log.
     read_from: tuple[int | None, object]
     stored: float
 
@@ -85,6 +85,8 @@ class QueryLayer:
         self._applied = threading.Condition()
         self._registered: dict[int, tuple[tuple[int, int], ...]] = {}
         self._catalog: Catalog | None = None
+        self._tables = tuple(self.projections.table(v.name) for v in self._sql_views())
+        self._store_lock = threading.Lock()
         self.result_hits = 0
         self.result_misses = 0
 
@@ -103,9 +105,7 @@ class QueryLayer:
     def _build_catalog(self) -> Catalog:
         views = []
         with self.pool.connection() as con:
-            for declared in self.projections.views:
-                if not isinstance(declared, View):
-                    continue
+            for declared in self._sql_views():
                 definition = self.projections.definition(declared.name)
                 assert definition is not None
                 table = self.projections.table(declared.name)
@@ -123,14 +123,22 @@ class QueryLayer:
         layout = self.projections.layout
         types = {et.name: {f.name: f.column for f in et.fields} for et in layout.event_types}
         positions = self.reader.watermarks()
-        return Catalog(tuple(views), sum(positions.values()), positions, types, len(views))
+        return Catalog(tuple(views), sum(positions.values()), positions, types)
 
     def applied(self) -> None:
-        """Call after the views applied a batch: wakes readers waiting for positions."""
+        """Call after the views applied a batch: wakes readers waiting for positions,
+        and forgets plans when a rebuilt view was swapped in (its table changed)."""
+        tables = tuple(self.projections.table(v.name) for v in self._sql_views())
         with self._applied:
             self._catalog = None
             self._generation += 1
+            if tables != self._tables:
+                self._tables = tables
+                self.planner.forget()
             self._applied.notify_all()
+
+    def _sql_views(self) -> list[View]:
+        return [v for v in self.projections.views if isinstance(v, View)]
 
     # -- answering -----------------------------------------------------------------
 
@@ -174,12 +182,13 @@ class QueryLayer:
         started = time.perf_counter()
         table = self.pool.run(lambda con: self._execute(con, plan, params))
         self.planner.observe(sql, plan, time.perf_counter() - started)
-        self._results[key] = _Cached(table, read_from, time.monotonic())
-        self._by_text[text_key] = key
-        if len(self._results) > self._result_cache_size:
-            self._results.popitem(last=False)
-            if len(self._by_text) > 2 * self._result_cache_size:
-                self._by_text.clear()
+        with self._store_lock:  # Flight calls `run` from several threads
+            self._results[key] = _Cached(table, read_from, time.monotonic())
+            self._by_text[text_key] = key
+            if len(self._results) > self._result_cache_size:
+                self._results.popitem(last=False)
+                if len(self._by_text) > 2 * self._result_cache_size:
+                    self._by_text.clear()
         return table
 
     def _fresh(self, cached: _Cached) -> bool:
