@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from queries import Projections, ProjectionsBusy, PythonProjection, View
-from queries._follow import follow
+from queries._follow import follow, read_watermark
 from store import Layout, LogReader
 
 Declared = View | PythonProjection
@@ -39,7 +39,10 @@ def _open(data: Path, domain: str) -> tuple[Projections, LogReader]:
 
 
 def projections_list(data: Path, domain: str, console: Console) -> int:
-    projections, reader = _open(data, domain)
+    try:
+        projections, reader = _open(data, domain)
+    except ProjectionsBusy as busy:
+        return _list_from_watermark(data, busy, console)
     try:
         lags = projections.lag(reader)
         table = Table(title=f"views in {data / 'projections.duckdb'}")
@@ -65,6 +68,23 @@ def projections_list(data: Path, domain: str, console: Console) -> int:
             console.print(f"being built beside the live version: {key}", highlight=False)
     finally:
         projections.close()
+    return 0
+
+
+def _list_from_watermark(data: Path, busy: ProjectionsBusy, console: Console) -> int:
+    """While another process maintains the views, their lag from what it published."""
+    applied = read_watermark(data)
+    if applied is None:
+        raise busy
+    reader = LogReader.open(data)
+    end = reader.watermarks()
+    behind = sum(max(0, end[p] - applied.get(p, 0)) for p in end)
+    console.print(
+        f"the views are maintained by another process ({busy}); as of its last round they "
+        f"have applied {sum(applied.values()):,} of the log's {sum(end.values()):,} events "
+        f"({behind:,} behind)",
+        highlight=False,
+    )
     return 0
 
 

@@ -51,12 +51,14 @@ def follow(
     """Apply the log to the views as it grows until `stop` is set, then apply what was
     committed by then and return the rows applied in all."""
     total = 0
+    first = True
     while True:
         stopping = stop.is_set()
         applied = projections.catch_up(reader, max_events=max_events)
         total += applied
-        if applied or stopping:
+        if applied or stopping or first:
             publish_watermark(data_dir, projections.watermark())
+            first = False
         if on_round is not None:
             on_round(applied)
         if stopping:

@@ -127,3 +127,8 @@ def test_a_local_query_says_who_holds_the_views(server: tuple[Path, str]) -> Non
     done = cqrsflow("query", "--data", str(data), "SELECT 1 AS one")
     assert done.returncode == 1
     assert "in use by another process" in done.stderr and "--connect" in done.stderr
+    # the lag is still known, from what the server's follower published
+    listed = cqrsflow("projections", "list", "--data", str(data))
+    assert listed.returncode == 0, listed.stderr
+    assert "maintained by another process" in listed.stdout
+    assert "of the log's 3,000 events (0 behind)" in listed.stdout
