@@ -174,7 +174,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Measure cqrsflow against baselines run in the same process. Every figure "
         "is a median of several runs; ratios compare with the baseline measured alongside.",
     )
-    bench.add_argument("suite", choices=["write", "read", "commands"], help="what to measure")
+    bench.add_argument(
+        "suite",
+        choices=["write", "read", "commands", "projections", "query"],
+        help="what to measure",
+    )
     bench.add_argument(
         "--json", action="store_true", help="print one JSON object with every figure"
     )
@@ -404,7 +408,9 @@ def _projections(args: argparse.Namespace, console: Console) -> int:
 def _bench(args: argparse.Namespace, console: Console, errors: Console) -> int:
     from flows._bench import render, to_json
     from flows._bench_flow import bench_commands
+    from flows._bench_query import bench_query
     from flows._bench_store import SCALES, bench_read, bench_write
+    from flows._bench_views import VIEW_SCALES, bench_projections
 
     scale = SCALES[args.scale]
     quiet = args.json or not errors.is_terminal
@@ -415,8 +421,16 @@ def _bench(args: argparse.Namespace, console: Console, errors: Console) -> int:
 
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="cqrsflow-bench-") as tmp:
         work = Path(tmp)
-        suite = {"write": bench_write, "read": bench_read, "commands": bench_commands}[args.suite]
-        figures = suite(scale, work, progress)
+        if args.suite == "projections":  # sized by the events of its log, not by `Scale`
+            figures = bench_projections(VIEW_SCALES[args.scale], work, progress)
+        else:
+            suite = {
+                "write": bench_write,
+                "read": bench_read,
+                "commands": bench_commands,
+                "query": bench_query,
+            }
+            figures = suite[args.suite](scale, work, progress)
     if args.json:
         print(to_json(figures))
     else:

@@ -117,15 +117,28 @@ def delta_select(view: ViewDef, source: str) -> str:
     return sql
 
 
-def merge_statement(view: ViewDef, table: str, source: str) -> str:
-    """The statement that applies the events in `source` to the view's `table`."""
+DELTA = "__cqrsflow_delta"
+
+
+def merge_statements(view: ViewDef, table: str, source: str) -> list[str]:
+    """The statements that apply the events in `source` to the view's `table`.
+
+    An aggregate view's partial view is materialized first: DuckDB then knows its exact
+    size and builds the upsert's hash join on it, reading the view's table in order.
+    Inline, DuckDB estimates the aggregate at the batch's size and, while the view has
+    fewer rows than that, builds on the view's table and updates it in random order:
+    10 to 40 times slower per batch (measured on DuckDB 2.0.1, 100k-event batches).
+    """
     columns = stored_columns(view)
     names = ", ".join(quote(c.name) for c in columns)
-    insert = f"INSERT INTO {table} AS t ({names}) {delta_select(view, source)}"
     if not view.keys:
-        return insert
+        return [f"INSERT INTO {table} ({names}) {delta_select(view, source)}"]
     keys = ", ".join(quote(k.name) for k in view.keys)
     updates = ", ".join(f"{quote(c.name)} = {c.merge}" for c in columns if c.merge is not None)
-    if not updates:  # a view of distinct keys
-        return f"{insert} ON CONFLICT ({keys}) DO NOTHING"
-    return f"{insert} ON CONFLICT ({keys}) DO UPDATE SET {updates}"
+    insert = f"INSERT INTO {table} AS t ({names}) SELECT {names} FROM {DELTA}"
+    # No updates: a view of distinct keys.
+    conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    return [
+        f"CREATE OR REPLACE TEMP TABLE {DELTA} AS {delta_select(view, source)}",
+        f"{insert} ON CONFLICT ({keys}) {conflict}",
+    ]

@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from queries._delta import delta_select, merge_statement
+from queries._delta import delta_select, merge_statements
 from queries._errors import ProjectionsBusy, QueryError, ViewDefinitionError
 from queries._tables import event_tables, log_layouts, quote
 from queries._viewdef import ViewDef, parse_view
@@ -90,7 +90,7 @@ class _Target:
     checkpoint: dict[int, int]
     definition: ViewDef | None = None
     frozen: bool = False
-    statement: str = ""
+    statements: list[str] = field(default_factory=list)
     tables: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -243,7 +243,7 @@ class Projections:
             assert definition is not None
             target.tables = {declared.name: f"cqrsflow.{quote(target.key)}"}
             source = self._tables[definition.source]
-            target.statement = merge_statement(definition, target.tables[declared.name], source)
+            target.statements = merge_statements(definition, target.tables[declared.name], source)
         else:
             target.tables = {t: f"cqrsflow.{quote(f'{target.key}.{t}')}" for t in declared.tables}
         return target
@@ -367,6 +367,8 @@ class Projections:
         if not ranges:
             return 0
         applied = 0
+        checkpoints: list[object] = []
+        conformed: dict[tuple[tuple[int, int], ...], pa.Table] = {}
         self.con.begin()
         try:
             for target in targets:
@@ -382,17 +384,21 @@ class Projections:
                         parts[p] = batches[p].slice(start - first)
                 if not parts:
                     continue
-                events = self._conform(list(parts.values()))
+                # Views at the same checkpoints (the usual case) share one table.
+                key = tuple((p, target.checkpoint[p]) for p in parts)
+                events = conformed.get(key)
+                if events is None:
+                    events = conformed[key] = self._conform(list(parts.values()))
                 self._apply_one(target, events)
                 applied += events.num_rows
                 for p in parts:
                     target.checkpoint[p] = ranges[p][1] + 1
-                self.con.executemany(
-                    "INSERT OR REPLACE INTO cqrsflow.checkpoints VALUES (?, ?, ?, ?)",
-                    [
-                        [target.declared.name, target.version, p, target.checkpoint[p]]
-                        for p in parts
-                    ],
+                    checkpoints += [target.declared.name, target.version, p, target.checkpoint[p]]
+            if checkpoints:
+                # One statement for every view's checkpoint: each costs milliseconds.
+                rows = ", ".join(["(?, ?, ?, ?)"] * (len(checkpoints) // 4))
+                self.con.execute(
+                    f"INSERT OR REPLACE INTO cqrsflow.checkpoints VALUES {rows}", checkpoints
                 )
             self.con.commit()
         except BaseException:
@@ -421,7 +427,8 @@ class Projections:
             if isinstance(target.declared, PythonProjection):
                 target.declared.apply(self.con, events, target.tables)
             else:
-                self.con.execute(target.statement)
+                for statement in target.statements:
+                    self.con.execute(statement)
         except duckdb.ConstraintException as err:
             raise ViewDefinitionError(
                 f"view {target.declared.name!r}: {str(err).splitlines()[0]} (a key column "
