@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from queries import Projections, ProjectionsBusy, PythonProjection, View
-from queries._follow import follow, read_watermark
+from queries._follow import follow, read_watermark, request_rebuild
 from store import Layout, LogReader
 
 Declared = View | PythonProjection
@@ -89,7 +89,21 @@ def _list_from_watermark(data: Path, busy: ProjectionsBusy, console: Console) ->
 
 
 def projections_rebuild(data: Path, domain: str, name: str | None, console: Console) -> int:
-    projections, reader = _open(data, domain)
+    try:
+        projections, reader = _open(data, domain)
+    except ProjectionsBusy:
+        # A running flow or server maintains the views: it builds them beside the live
+        # versions and swaps them in when caught up.
+        names = [name] if name else [v.name for v in domain_views(domain)[0]]
+        for n in names:
+            request_rebuild(data, n)
+        console.print(
+            f"asked the process that maintains the views to rebuild {', '.join(names)}; it "
+            "builds beside the live version and swaps it in once caught up (see "
+            f"`cqrsflow projections list --data {data}`)",
+            highlight=False,
+        )
+        return 0
     try:
         names = [name] if name else [v.name for v in projections.views]
         for n in names:

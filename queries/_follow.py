@@ -4,7 +4,9 @@ DuckDB allows one writer per database file, so exactly one follower maintains a 
 directory's views however many bytewax workers or processes write the log. After each
 round it publishes the positions every view has applied to DIR/projections.watermark
 (a small JSON file, replaced atomically), which other processes read without opening
-the database: the flow, to slow its intake when the views fall behind.
+the database: the flow, to slow its intake when the views fall behind. Other processes ask it for a
+rebuild through a file in DIR/projections.requests/ (`request_rebuild`); it builds the
+new version beside the live one and swaps it in when caught up.
 """
 
 from __future__ import annotations
@@ -16,10 +18,32 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from queries._errors import QueryError
 from queries._projections import Projections
 from store import LogReader
 
 WATERMARK_FILE = "projections.watermark"
+REQUESTS_DIR = "projections.requests"
+
+
+def request_rebuild(data_dir: Path, name: str) -> Path:
+    """Ask the process that follows the log to rebuild view `name` beside the live one
+    (the projections database has one writer, so another process cannot)."""
+    requests = Path(data_dir) / REQUESTS_DIR
+    requests.mkdir(exist_ok=True)
+    path = requests / f"rebuild.{name}"
+    path.write_text(name)
+    return path
+
+
+def _take_requests(projections: Projections, data_dir: Path) -> None:
+    for path in sorted((Path(data_dir) / REQUESTS_DIR).glob("rebuild.*")):
+        name = path.read_text()
+        try:
+            projections.rebuild(name)
+        except QueryError as err:  # an unknown view: nothing to build
+            path.with_suffix(".refused").write_text(str(err))
+        path.unlink()
 
 
 def publish_watermark(data_dir: Path, positions: dict[int, int]) -> None:
@@ -54,6 +78,7 @@ def follow(
     first = True
     while True:
         stopping = stop.is_set()
+        _take_requests(projections, data_dir)
         applied = projections.catch_up(reader, max_events=max_events)
         total += applied
         if applied or stopping or first:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,3 +133,23 @@ def test_a_local_query_says_who_holds_the_views(server: tuple[Path, str]) -> Non
     assert listed.returncode == 0, listed.stderr
     assert "maintained by another process" in listed.stdout
     assert "of the log's 3,000 events (0 behind)" in listed.stdout
+
+
+def test_a_rebuild_asked_of_a_busy_data_directory_is_built_by_the_server_and_swapped_in(
+    server: tuple[Path, str],
+) -> None:
+    data, url = server
+    sql = "SELECT aggregate_id, count(*) FILTER (WHERE event_type = 'Deposited') AS d FROM events WHERE aggregate_id = 'acct-0002' GROUP BY aggregate_id"
+    before = cqrsflow("query", "--connect", url, "--format", "json", sql, CQRSFLOW_TOKEN=TOKEN)
+    asked = cqrsflow("projections", "rebuild", "balances", "--data", str(data))
+    assert asked.returncode == 0 and "asked the process" in asked.stdout, asked.stderr
+    deadline = time.monotonic() + 120
+    explained = ""
+    while time.monotonic() < deadline and 'balances@2"' not in explained:
+        explained = cqrsflow(
+            "query", "--connect", url, "--explain", sql, CQRSFLOW_TOKEN=TOKEN
+        ).stdout
+        time.sleep(0.2)
+    assert 'balances@2"' in explained, explained
+    after = cqrsflow("query", "--connect", url, "--format", "json", sql, CQRSFLOW_TOKEN=TOKEN)
+    assert after.stdout == before.stdout and json.loads(after.stdout)["d"] > 0
