@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from queries._delta import delta_select, merge_statements
+from queries._delta import DELTA, delta_select, merge_statements
 from queries._errors import ProjectionsBusy, QueryError, ViewDefinitionError
 from queries._tables import event_tables, log_layouts, quote
 from queries._viewdef import ViewDef, parse_view
@@ -143,6 +143,12 @@ class Projections:
         self._prepare_catalog()
         for d in declared:
             self._targets.extend(self._declare(d))
+        # A cache of rows by key (the query layer's) says which views it looks keys up
+        # in, and hears which keys each committed batch changed: per view applied to,
+        # the keys (an Arrow array of a one-column key), or None for "any key".
+        self.keys_wanted: Callable[[str], bool] = lambda name: False
+        self.on_touched: Callable[[dict[str, pa.Array | None]], None] | None = None
+        self._touched: dict[str, pa.Array | None] = {}
 
     @classmethod
     def open(
@@ -402,9 +408,13 @@ class Projections:
                 )
             self.con.commit()
         except BaseException:
+            self._touched = {}
             self.con.rollback()
             self._reload_checkpoints()
             raise
+        touched, self._touched = self._touched, {}
+        if touched and self.on_touched is not None:
+            self.on_touched(touched)
         self._swap_built()
         return applied
 
@@ -429,6 +439,11 @@ class Projections:
             else:
                 for statement in target.statements:
                     self.con.execute(statement)
+                if target.live:
+                    wanted = self.keys_wanted(target.declared.name)
+                    self._touched[target.declared.name] = (
+                        self._touched_keys(target) if wanted else None
+                    )
         except duckdb.ConstraintException as err:
             raise ViewDefinitionError(
                 f"view {target.declared.name!r}: {str(err).splitlines()[0]} (a key column "
@@ -436,6 +451,14 @@ class Projections:
                 "coalesce(column, '')"
                 ")"
             ) from None
+
+    def _touched_keys(self, target: _Target) -> pa.Array | None:
+        definition = target.definition
+        if definition is None or len(definition.keys) != 1 or definition.kind != "aggregate":
+            return None
+        key = quote(definition.keys[0].name)
+        keys = self.con.sql(f"SELECT {key} FROM {DELTA}").to_arrow_table().column(0)
+        return keys.combine_chunks()
 
     def _reload_checkpoints(self) -> None:
         for t in self._targets:

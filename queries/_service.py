@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from queries._errors import QueryError, QueryTimeout
 from queries._guard import harden
@@ -87,6 +88,12 @@ class QueryLayer:
         self._catalog: Catalog | None = None
         self._tables = tuple(self.projections.table(v.name) for v in self._sql_views())
         self._store_lock = threading.Lock()
+        # Hot rows: view -> a looked-up key value -> the cached results that used it.
+        self._hot: dict[str, dict[object, set[tuple[str, tuple[object, ...]]]]] = {}
+        self._touches = 0
+        self._hot_views: set[str] = set()
+        projections.keys_wanted = self._hot_views.__contains__
+        projections.on_touched = self._touched
         self.result_hits = 0
         self.result_misses = 0
 
@@ -135,6 +142,10 @@ class QueryLayer:
             if tables != self._tables:
                 self._tables = tables
                 self.planner.forget()
+                with self._store_lock:
+                    self._results.clear()
+                    self._by_text.clear()
+                    self._hot.clear()
             self._applied.notify_all()
 
     def _sql_views(self) -> list[View]:
@@ -179,17 +190,58 @@ class QueryLayer:
             return cached.table
         self.result_misses += 1
         read_from = self._read_from(plan)
+        # A key lookup's rows stay cached until a batch changes that key (hot rows); if
+        # one did while this ran, the answer may predate it and is cached as any other.
+        hot = plan.chosen.kind == "view lookup" and len(plan.views) == 1 and bool(params)
+        if hot:
+            self._hot_views.add(plan.views[0])  # from now on, batches say which keys
+        touches = self._touches
         started = time.perf_counter()
         table = self.pool.run(lambda con: self._execute(con, plan, params))
         self.planner.observe(sql, plan, time.perf_counter() - started)
         with self._store_lock:  # Flight calls `run` from several threads
-            self._results[key] = _Cached(table, read_from, time.monotonic())
+            hot = hot and touches == self._touches
+            self._results[key] = _Cached(
+                table, (None, None) if hot else read_from, time.monotonic()
+            )
+            if hot:
+                for value in params:
+                    self._hot.setdefault(plan.views[0], {}).setdefault(value, set()).add(key)
             self._by_text[text_key] = key
             if len(self._results) > self._result_cache_size:
                 self._results.popitem(last=False)
                 if len(self._by_text) > 2 * self._result_cache_size:
                     self._by_text.clear()
+                    self._prune_hot()
         return table
+
+    def _prune_hot(self) -> None:
+        """Forget hot-row links to results the cache has evicted."""
+        for view, by_value in self._hot.items():
+            self._hot[view] = {
+                v: alive for v, keys in by_value.items() if (alive := keys & self._results.keys())
+            }
+
+    def _touched(self, touched: dict[str, pa.Array | None]) -> None:
+        """The follower committed a batch: drop the hot rows of the keys it changed."""
+        with self._store_lock:
+            self._touches += 1
+            for view, keys in touched.items():
+                cached = self._hot.get(view)
+                if not cached:
+                    continue
+                values = list(cached)
+                if keys is None:
+                    gone = values
+                else:
+                    try:
+                        hit = pc.is_in(pa.array(values), value_set=keys).to_pylist()
+                        gone = [v for v, h in zip(values, hit, strict=True) if h]
+                    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                        gone = values  # values of another type: drop them all
+                for value in gone:
+                    for key in cached.pop(value, ()):
+                        self._results.pop(key, None)
 
     def _fresh(self, cached: _Cached) -> bool:
         if time.monotonic() - cached.stored >= self._result_ttl:

@@ -275,3 +275,35 @@ def test_plans_follow_a_view_swapped_in_by_a_rebuild(tmp_path: Path) -> None:
     assert layer.run(sql).to_pylist() == before.to_pylist()
     layer.close()
     projections.close()
+
+
+def test_hot_rows_outlive_batches_that_do_not_change_their_key(tmp_path: Path) -> None:
+    events = bank_events(4, accounts=20, events=30_000)
+    write_log(tmp_path, events, partitions=2)
+    projections, reader = open_views(tmp_path)
+    projections.catch_up(reader)
+    layer = QueryLayer(projections, reader)
+    lookup = RULES["exact match, point lookup"].replace("acct-0003", "{}")
+    a, b = "acct-0001", "acct-0002"
+    assert layer.planner.plan(lookup.format(a))[0].chosen.kind == "view lookup"
+    first_a, first_b = layer.run(lookup.format(a)), layer.run(lookup.format(b))
+    # a batch that deposits into b only
+    last = max(e.version for e in events if e.aggregate_id == b)
+    with ArrowLog.open(tmp_path, layout()) as log:
+        log.append([bank_deposit(b, last + 1, 1_000)])
+    projections.catch_up(reader)
+    layer.applied()
+    hits = layer.result_hits
+    assert layer.run(lookup.format(a)) is first_a and layer.result_hits == hits + 1
+    again_b = layer.run(lookup.format(b))
+    assert again_b is not first_b and layer.result_hits == hits + 1
+    assert again_b.column("balance")[0].as_py() == first_b.column("balance")[0].as_py() + 1_000
+    layer.close()
+    projections.close()
+
+
+def bank_deposit(account: str, version: int, amount: int) -> Any:
+    from flows.bank import Deposited
+    from store import NewEvent
+
+    return NewEvent(account, version, Deposited(amount), b"x" * 16, "dep", 1_790_000_000 * 10**6)
