@@ -166,14 +166,15 @@ class QueryLayer:
 
         `after`: log positions (partition -> position, as in a command's result) the
         views must have applied first, waited for up to `timeout` seconds.
-        `max_staleness`: seconds a view may lag the log; staler views are not used.
+        `max_staleness`: seconds an answer may lag the log: staler views are not used,
+        and a cached answer younger than that is served even if the views moved since.
         """
         after_key = tuple(sorted(after.items())) if after else None
         text_key = (sql, after_key, max_staleness)
         if not explain:
             found = self._by_text.get(text_key)
             cached = self._results.get(found) if found is not None else None
-            if cached is not None and self._fresh(cached):
+            if cached is not None and self._fresh(cached, max_staleness):
                 self.result_hits += 1
                 return cached.table
         refuse = self._stale_refusal(max_staleness) if max_staleness is not None else None
@@ -184,7 +185,7 @@ class QueryLayer:
             self._wait_for(plan, after, timeout if timeout is not None else self._wait_timeout)
         key = (plan.chosen.sql, tuple(params))
         cached = self._results.get(key)
-        if cached is not None and self._fresh(cached):
+        if cached is not None and self._fresh(cached, max_staleness):
             self.result_hits += 1
             self._by_text[text_key] = key
             return cached.table
@@ -243,9 +244,12 @@ class QueryLayer:
                     for key in cached.pop(value, ()):
                         self._results.pop(key, None)
 
-    def _fresh(self, cached: _Cached) -> bool:
-        if time.monotonic() - cached.stored >= self._result_ttl:
+    def _fresh(self, cached: _Cached, max_staleness: float | None) -> bool:
+        age = time.monotonic() - cached.stored
+        if age >= self._result_ttl:
             return False
+        if max_staleness is not None and age <= max_staleness:
+            return True  # the caller accepts an answer this old, whatever moved since
         generation, log = cached.read_from
         if generation is not None and generation != self._generation:
             return False

@@ -307,3 +307,11 @@ def bank_deposit(account: str, version: int, amount: int) -> Any:
     from store import NewEvent
 
     return NewEvent(account, version, Deposited(amount), b"x" * 16, "dep", 1_790_000_000 * 10**6)
+
+
+def test_a_staleness_bound_lets_a_recent_cached_answer_stand(layer: QueryLayer) -> None:
+    sql = "SELECT event_type, sum(amount) AS s FROM events GROUP BY event_type"
+    first = layer.run(sql, max_staleness=3600)
+    layer.applied()  # the views moved
+    assert layer.run(sql, max_staleness=3600) is first
+    assert layer.run(sql) is not first  # no bound: only an answer as fresh as the views
