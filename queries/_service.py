@@ -198,7 +198,7 @@ class QueryLayer:
             self._hot_views.add(plan.views[0])  # from now on, batches say which keys
         touches = self._touches
         started = time.perf_counter()
-        table = self.pool.run(lambda con: self._execute(con, plan, params))
+        table = self.execute(plan, params)
         self.planner.observe(sql, plan, time.perf_counter() - started)
         with self._store_lock:  # Flight calls `run` from several threads
             hot = hot and touches == self._touches
@@ -254,6 +254,10 @@ class QueryLayer:
         if generation is not None and generation != self._generation:
             return False
         return log is None or log == self._log_positions()
+
+    def execute(self, plan: Plan, params: list[object]) -> pa.Table:
+        """Run a plan on a pooled connection, past both caches."""
+        return self.pool.run(lambda con: self._execute(con, plan, params))
 
     def _execute(
         self, con: duckdb.DuckDBPyConnection, plan: Plan, params: list[object]
