@@ -604,10 +604,21 @@ def _read(
             if rows >= share:
                 break
         if batches:
-            chunk[p] = pa.concat_tables(
-                [pa.Table.from_batches([b]) for b in batches], promote_options="permissive"
-            )
+            chunk[p] = _table(batches)
     return chunk
+
+
+def _table(batches: list[pa.RecordBatch]) -> pa.Table:
+    """Batches as one table without copying; runs of one schema (one segment layout)
+    become one table each, so thousands of small batches cost one table, not thousands."""
+    runs: list[list[pa.RecordBatch]] = []
+    for b in batches:
+        if runs and runs[-1][0].schema.equals(b.schema):
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    tables = [pa.Table.from_batches(run) for run in runs]
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
 
 
 def _batches(reader: LogReader, partition: int, start: int) -> Iterator[pa.RecordBatch]:
