@@ -44,12 +44,12 @@ def _views_and_queries(data: Path, console: Console) -> None:
     projections = Projections.open(data, VIEWS, ACCOUNT.layout(), reader=reader)
     try:
         started = time.perf_counter()
-        applied = projections.catch_up(reader)
+        projections.catch_up(reader)
         seconds = time.perf_counter() - started
         events = sum(reader.watermarks().values())
         console.print(
-            f"6. the views ({', '.join(v.name for v in VIEWS)}) are up to date: "
-            f"{applied:,} view rows updated from {events:,} events in {seconds:.2f} s",
+            f"6. {events:,} events applied to the views ({', '.join(v.name for v in VIEWS)}) "
+            f"in DuckDB in {seconds:.2f} s, in one transaction with their checkpoints",
             highlight=False,
         )
         layer = QueryLayer(projections, reader)
