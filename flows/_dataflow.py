@@ -28,6 +28,7 @@ from bytewax.outputs import Sink
 
 from connectors import RawBatch
 from flows._domain import Aggregate
+from flows._metrics import BATCH_SIZE, LATENCY, count_commands, observe_many
 from flows._parse import Command, Invalid, Parser
 from flows._results import DeadLetter, Result, dead_letter
 from flows._shard import Shard, ShardConfig
@@ -50,12 +51,14 @@ class Parsed:
     by_shard: dict[int, list[Command]]
     invalid: list[Result]
     dead: list[DeadLetter]
+    received: float
 
 
 @dataclass(frozen=True, slots=True)
 class ShardBatch:
     shard: int
     commands: list[Command]
+    received: float  # time.monotonic() when parsed: where the latency metric starts
 
 
 def _parse(parser: Parser, partitions: int) -> Callable[[RawBatch], Parsed]:
@@ -73,7 +76,9 @@ def _parse(parser: Parser, partitions: int) -> Callable[[RawBatch], Parsed]:
             else:
                 shard = partition_of(found.aggregate_id, partitions)
                 by_shard.setdefault(shard, []).append(found)
-        return Parsed(by_shard, invalid, dead)
+        if invalid:
+            count_commands(["unknown"] * len(invalid), ["invalid"] * len(invalid))
+        return Parsed(by_shard, invalid, dead, time.monotonic())
 
     return parse
 
@@ -111,7 +116,11 @@ class _ShardLogic(StatefulBatchLogic[ShardBatch, list[Result], int]):
         if self._shard is None:
             self._shard = self._open(values[0].shard)
         commands = [c for v in values for c in v.commands]
-        return [self._shard.handle(commands)], StatefulBatchLogic.RETAIN
+        results = self._shard.handle(commands)
+        observe_many(LATENCY, time.monotonic() - min(v.received for v in values), len(commands))
+        BATCH_SIZE.set(len(commands))
+        count_commands([type(c.payload).__name__ for c in commands], [r.status for r in results])
+        return [results], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> int:
         if self._shard is None:
@@ -136,7 +145,7 @@ def command_flow(
     keyed = op.flat_map(
         "shard",
         parsed,
-        lambda p: [(str(s), ShardBatch(s, cmds)) for s, cmds in p.by_shard.items()],
+        lambda p: [(str(s), ShardBatch(s, cmds, p.received)) for s, cmds in p.by_shard.items()],
     )
     decided = op.stateful_batch(
         "decide", keyed, lambda resume: _ShardLogic(aggregate, config, resume)

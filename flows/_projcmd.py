@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from flows._progress import progress_bar
 from queries import Projections, ProjectionsBusy, PythonProjection, View
 from queries._follow import follow, read_watermark, request_rebuild
 from store import Layout, LogReader
@@ -109,15 +109,8 @@ def projections_rebuild(data: Path, domain: str, name: str | None, console: Cons
         for n in names:
             projections.rebuild(n)
         events = sum(reader.watermarks().values())
-        with Progress(
-            TextColumn("rebuilding {task.fields[names]}"),
-            BarColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f} events"),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not console.is_terminal,
-        ) as progress:
-            task = progress.add_task("rebuild", total=events, names=", ".join(names))
+        with progress_bar(console, "events") as progress:
+            task = progress.add_task(f"rebuilding {', '.join(names)}", total=events)
             projections.catch_up(reader, progress=lambda n: progress.advance(task, n))
         console.print(
             f"rebuilt {', '.join(names)} from {events:,} events and swapped in", highlight=False

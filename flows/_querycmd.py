@@ -22,6 +22,8 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
+from flows._http import start_endpoints
+from flows._observe import serve_readiness, serve_registry
 from flows._projcmd import domain_views
 from queries import Projections
 from queries._flight import FlightQueryClient, FlightQueryServer
@@ -132,10 +134,29 @@ def print_table(table: pa.Table, fmt: str, console: Console) -> None:
 
 
 def serve(
-    data: Path, domain: str, host: str, port: int, token: str | None, console: Console
+    data: Path,
+    domain: str,
+    host: str,
+    port: int,
+    token: str | None,
+    console: Console,
+    endpoint: tuple[str, int, float],
 ) -> int:
-    """Maintain the views and answer Flight clients until SIGINT or SIGTERM."""
+    """Maintain the views and answer Flight clients until SIGINT or SIGTERM; serve
+    metrics and health on `endpoint` (host, port, views' allowed lag; port -1: none)."""
     with local_layer(data, domain) as layer:
+        endpoints = None
+        metrics_host, metrics_port, ready_lag = endpoint
+        if metrics_port >= 0:
+            registry = serve_registry(data, layer.projections, layer.reader, layer.pool.stats)
+            ready = serve_readiness(data, layer.projections, ready_lag)
+            endpoints = start_endpoints(
+                ready,
+                metrics_host,
+                metrics_port,
+                registry,
+                lambda m: console.print(m, style="dim", highlight=False),
+            )
         stop = threading.Event()
 
         def maintain() -> None:
@@ -164,4 +185,6 @@ def serve(
         server.serve()
         stop.set()
         follower.join()
+        if endpoints is not None:
+            endpoints.close()
     return 0

@@ -78,7 +78,7 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def run_cluster(argv: list[str], processes: int) -> int:
+def run_cluster(argv: list[str], processes: int, env: dict[str, str] | None = None) -> int:
     """Start one child per process, on loopback, and wait for all of them."""
     addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
     children = [
@@ -92,7 +92,8 @@ def run_cluster(argv: list[str], processes: int) -> int:
                 str(i),
                 "--addresses",
                 addresses,
-            ]
+            ],
+            env={**os.environ, **(env or {})},
         )
         for i in range(processes)
     ]

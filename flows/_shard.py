@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 
 from flows._domain import Aggregate, Rejected
+from flows._metrics import CACHE_EVICTIONS, CACHE_HITS, CACHE_MISSES, CACHE_SIZE, REHYDRATIONS
 from flows._parse import Command
 from flows._results import Result
 from store import (
@@ -114,12 +115,16 @@ class Shard:
     def handle(self, commands: Sequence[Command]) -> list[Result]:
         """Decide a batch of this shard's commands; results in the same order."""
         cache = self._cache
+        size = len(cache)
         cold = []
-        for agg in {c.aggregate_id for c in commands}:
+        wanted = {c.aggregate_id for c in commands}
+        for agg in wanted:
             if agg in cache:
                 cache.move_to_end(agg)
             else:
                 cold.append(agg)
+        CACHE_HITS.inc(len(wanted) - len(cold))
+        CACHE_MISSES.inc(len(cold))
         if cold:
             self._rehydrate(cold)
         results: list[Result | None] = [None] * len(commands)
@@ -186,6 +191,7 @@ class Shard:
             if results[i] is None:  # the same command id twice in one batch
                 results[i] = results[in_batch[command.command_id]]
         self._evict()
+        CACHE_SIZE.inc(len(cache) - size)
         return results  # type: ignore[return-value]
 
     def _append(
@@ -255,6 +261,7 @@ class Shard:
         if not wanted:
             return
         self.rehydrations += len(wanted)
+        REHYDRATIONS.inc(len(wanted))
         found: dict[str, Result] = {}
         evolve = self.aggregate.evolve
         for e in self.log.decode(self.log.read_streams(wanted)):
@@ -273,9 +280,13 @@ class Shard:
 
     def _evict(self) -> None:
         cache = self._cache
-        while len(cache) > self.config.cache_size:
+        evicted = len(cache) - self.config.cache_size
+        if evicted <= 0:
+            return
+        for _ in range(evicted):
             cache.popitem(last=False)
-            self.evictions += 1
+        self.evictions += evicted
+        CACHE_EVICTIONS.inc(evicted)
 
     def close(self) -> None:
         self.log.close()

@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         help="log partitions of a new log (default 4); an existing log keeps its own",
     )
     run.add_argument("--fsync", choices=[f.value for f in Fsync], default="always")
+    _endpoint_flags(run, 9464)
     run.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
     run.add_argument("--addresses", help=argparse.SUPPRESS)
 
@@ -125,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
     serve.add_argument("--token", help="require this token (default: $CQRSFLOW_TOKEN)")
     serve.add_argument("--domain", choices=DOMAINS, default="bank", help="default: bank")
+    _endpoint_flags(serve, 9465)
 
     proj = sub.add_parser(
         "projections",
@@ -189,7 +191,54 @@ def _parser() -> argparse.ArgumentParser:
         help="workload size: small finishes in about a minute (default medium)",
     )
     bench.add_argument("--workdir", type=Path, help="where to write scratch logs (default: temp)")
+
+    top = sub.add_parser(
+        "top",
+        help="a live dashboard of a running process's metrics",
+        description="Scrape a running `cqrsflow run` (port 9464) or `serve` (port 9465) every "
+        "--interval and show throughput, outcomes, latency quantiles, caches, view lag, the "
+        "planner's choices and the log on disk; a crossed alert threshold shows red. Ctrl-C "
+        "ends it.",
+    )
+    top.add_argument("--url", default="http://127.0.0.1:9464/metrics", help="default: %(default)s")
+    top.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between scrapes (default 1)"
+    )
+    top.add_argument("--lag-alert", type=float, default=5.0, metavar="SECONDS", help="default 5")
+    top.add_argument("--p99-alert", type=float, default=20.0, metavar="MS", help="default 20")
+    top.add_argument(
+        "--error-rate-alert",
+        type=float,
+        default=0.05,
+        metavar="RATIO",
+        help="(rejected + invalid) / all commands (default 0.05)",
+    )
+    top.add_argument(
+        "--disk-alert", type=float, default=10 * 2**30, metavar="BYTES", help="default 10 GiB"
+    )
+    top.add_argument(
+        "--once", action="store_true", help="print the dashboard once (two scrapes) and exit"
+    )
     return parser
+
+
+def _endpoint_flags(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=port,
+        help=f"serve /metrics, /healthz and /readyz on this port (default {port}; 0: any "
+        "free port; -1: none)",
+    )
+    parser.add_argument(
+        "--metrics-host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)"
+    )
+    parser.add_argument(
+        "--ready-lag",
+        type=float,
+        default=30.0,
+        help="/readyz fails while a view is more than this many seconds behind (default 30)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args, console)
         if args.command == "bench":
             return _bench(args, console, errors)
+        if args.command == "top":
+            return _top(args, console, errors)
     except UsageError as err:
         errors.print(f"cqrsflow: {err}", markup=False, highlight=False)
         return EXIT_USAGE
@@ -239,9 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _generate(args: argparse.Namespace, errors: Console) -> int:
-    from rich.progress import Progress
-
     from flows._generate import bank_commands, encoder
+    from flows._progress import progress_bar
 
     if args.commands < 0 or args.accounts < 1:
         raise UsageError("--commands must be >= 0 and --accounts >= 1")
@@ -253,7 +303,7 @@ def _generate(args: argparse.Namespace, errors: Console) -> int:
     )
     out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
     try:
-        with Progress(console=errors, transient=True, disable=not errors.is_terminal) as bar:
+        with progress_bar(errors, "commands") as bar:
             task = bar.add_task("generating", total=args.commands)
             chunk: list[bytes] = []
             for record in records:
@@ -272,8 +322,11 @@ def _generate(args: argparse.Namespace, errors: Console) -> int:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console) -> int:
+    from flows._http import start_endpoints
+    from flows._observe import run_readiness, run_registry
+    from flows._progress import answered_progress, count_records
     from flows._projcmd import start_follower, stop_follower
-    from flows._runcmd import RunOptions, prepare, run_cluster, run_process, summarize
+    from flows._runcmd import RunOptions, prepare, run_process, summarize
 
     if args.commands != "-" and not Path(args.commands).exists():
         raise UsageError(f"--commands {args.commands}: no such file or directory")
@@ -303,23 +356,55 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console)
     check_writable(args.data)  # another writer: say so now, not from inside a worker
     started = time.perf_counter()
     before = prepare(args.data, args.commands)
+    registry, child_env = run_registry(args.data, args.processes)
+    endpoints = None
+    if args.metrics_port >= 0:
+        ready = run_readiness(args.data, args.ready_lag)
+        endpoints = start_endpoints(
+            ready, args.metrics_host, args.metrics_port, registry, _say(console)
+        )
     # One follower maintains the views however many processes write the log.
     follower = start_follower(args.data, args.domain)
+    total = None if args.commands == "-" else count_records(Path(args.commands))
     try:
-        if args.processes > 1:
-            code = run_cluster(list(argv if argv is not None else sys.argv[1:]), args.processes)
-            if code:
-                return EXIT_FAILURE
-        else:
-            run_process(DOMAINS[args.domain](), options)
+        with answered_progress(console, registry, total):
+            _run_flow(args, argv, options, child_env)
         seconds = time.perf_counter() - started
+    except _ClusterFailed:
+        return EXIT_FAILURE
     finally:
         views_code = stop_follower(follower)
+        if endpoints is not None:
+            endpoints.close()
     summarize(args.data, before, seconds, console)
     if views_code:
         console.print(f"the views were not brought up to date (exit code {views_code})")
         return EXIT_FAILURE
     return EXIT_OK
+
+
+class _ClusterFailed(Exception):
+    """A process of a cluster run failed (it said why on its own stderr)."""
+
+
+def _run_flow(
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    options: Any,
+    child_env: dict[str, str],
+) -> None:
+    from flows._runcmd import run_cluster, run_process
+
+    if args.processes > 1:
+        argv = list(argv if argv is not None else sys.argv[1:])
+        if run_cluster(argv, args.processes, child_env):
+            raise _ClusterFailed
+    else:
+        run_process(DOMAINS[args.domain](), options)
+
+
+def _say(console: Console) -> Callable[[str], None]:
+    return lambda message: console.print(message, style="dim", highlight=False)
 
 
 def _bank() -> Any:
@@ -390,7 +475,8 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
 
     _require_log(args.data)
     token = args.token or os.environ.get("CQRSFLOW_TOKEN")
-    return serve(args.data, args.domain, args.host, args.port, token, console)
+    endpoint = (args.metrics_host, args.metrics_port, args.ready_lag)
+    return serve(args.data, args.domain, args.host, args.port, token, console, endpoint)
 
 
 def _projections(args: argparse.Namespace, console: Console) -> int:
@@ -436,6 +522,17 @@ def _bench(args: argparse.Namespace, console: Console, errors: Console) -> int:
     else:
         render(f"cqrsflow bench {args.suite} ({args.scale})", figures, console)
     return EXIT_OK
+
+
+def _top(args: argparse.Namespace, console: Console, errors: Console) -> int:
+    from flows._top import Thresholds, run_top
+
+    if args.interval <= 0:
+        raise UsageError(f"--interval {args.interval}: expected a positive number of seconds")
+    if not args.url.startswith(("http://", "https://")):
+        raise UsageError(f"--url {args.url}: expected http://HOST:PORT/metrics")
+    thresholds = Thresholds(args.lag_alert, args.p99_alert, args.error_rate_alert, args.disk_alert)
+    return run_top(args.url, args.interval, thresholds, console, errors, once=args.once)
 
 
 def _demo(args: argparse.Namespace, console: Console) -> int:

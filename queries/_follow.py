@@ -15,10 +15,15 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from queries._errors import QueryError
+from queries._metrics import MAINTENANCE_SECONDS, VIEW_EVENTS, ViewsCollector
 from queries._projections import Projections
 from store import LogReader
 
@@ -46,20 +51,91 @@ def _take_requests(projections: Projections, data_dir: Path) -> None:
         path.unlink()
 
 
-def publish_watermark(data_dir: Path, positions: dict[int, int]) -> None:
+def publish_watermark(data_dir: Path, projections: Projections) -> None:
+    """What the views have applied (all of them, each, and versions being built), and
+    this process's view metrics, for the processes that cannot open the database."""
+    samples = [
+        [s.name, s.labels, s.value]
+        for metric in (VIEW_EVENTS, MAINTENANCE_SECONDS)
+        for family in metric.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    ]
+    published = {
+        "positions": projections.watermark(),
+        "views": projections.live_positions(),
+        "building": projections.building_positions(),
+        "samples": samples,
+        "at": time.time(),
+    }
     path = Path(data_dir) / WATERMARK_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"positions": positions, "at": time.time()}))
+    tmp.write_text(json.dumps(published))
     os.replace(tmp, path)
+
+
+def read_published(data_dir: Path) -> dict[str, Any] | None:
+    """Everything the follower last published (see `publish_watermark`), if anything."""
+    try:
+        published: dict[str, Any] = json.loads((Path(data_dir) / WATERMARK_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return published
 
 
 def read_watermark(data_dir: Path) -> dict[int, int] | None:
     """The positions the views had applied when the follower last published, if any."""
-    try:
-        stored = json.loads((Path(data_dir) / WATERMARK_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    stored = read_published(data_dir)
+    if stored is None:
         return None
-    return {int(p): int(v) for p, v in stored["positions"].items()}
+    return _positions(stored["positions"])
+
+
+def _positions(stored: dict[str, int]) -> dict[int, int]:
+    return {int(p): int(v) for p, v in stored.items()}
+
+
+class PublishedCollector(Collector):
+    """The view metrics of the follower of another process, from what it published,
+    with each view's lag computed against the log as it is when scraped."""
+
+    def __init__(self, data_dir: Path, reader: LogReader) -> None:
+        self._data_dir = Path(data_dir)
+        self._views = ViewsCollector(reader, self._live, self._building)
+        self._published: dict[str, Any] = {}
+
+    def _live(self) -> dict[str, dict[int, int]]:
+        return {v: _positions(p) for v, p in self._published.get("views", {}).items()}
+
+    def _building(self) -> dict[str, dict[int, int]]:
+        return {v: _positions(p) for v, p in self._published.get("building", {}).items()}
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not scrape: the data may not be there yet
+
+    def collect(self) -> Iterator[Metric]:
+        self._published = read_published(self._data_dir) or {}
+        applied = CounterMetricFamily(
+            "cqrsflow_view_events_applied", "Events applied to the view", labels=["view"]
+        )
+        buckets: list[tuple[str, float]] = []
+        total = 0.0
+        for name, labels, value in self._published.get("samples", []):
+            if name == "cqrsflow_view_events_applied_total":
+                applied.add_metric([labels["view"]], value)
+            elif name == "cqrsflow_view_maintenance_seconds_bucket":
+                buckets.append((labels["le"], value))
+            elif name == "cqrsflow_view_maintenance_seconds_sum":
+                total = value
+        yield applied
+        if buckets:
+            maintenance = HistogramMetricFamily(
+                "cqrsflow_view_maintenance_seconds",
+                "One micro-batch applied to every view (one transaction)",
+            )
+            maintenance.add_metric([], buckets, total)
+            yield maintenance
+        yield from self._views.collect()
 
 
 def follow(
@@ -82,7 +158,7 @@ def follow(
         applied = projections.catch_up(reader, max_events=max_events)
         total += applied
         if applied or stopping or first:
-            publish_watermark(data_dir, projections.watermark())
+            publish_watermark(data_dir, projections)
             first = False
         if on_round is not None:
             on_round(applied)

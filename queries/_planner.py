@@ -25,6 +25,7 @@ from sqlglot import exp
 
 from queries._guard import check_read_only
 from queries._match import NoMatch, Rewrite, rewrite_onto
+from queries._metrics import PLAN_CACHE_HITS, PLAN_CACHE_MISSES
 from queries._viewdef import DIALECT, ViewDef
 
 # Strings, quoted identifiers (kept: they are names, not values) and numbers.
@@ -164,8 +165,10 @@ class Planner:
                         if all(tokens[i] == v for i, v in plan.pinned):
                             self._cache.move_to_end(key)
                             self.hits += 1
+                            PLAN_CACHE_HITS.inc()
                             return plan, [value_of(tokens[i]) for i in plan.params]
         self.misses += 1
+        PLAN_CACHE_MISSES.inc()
         plan = self._plan(sql, tokens, refuse)
         if refuse is None:
             with self._lock:

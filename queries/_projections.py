@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from queries._delta import DELTA, delta_select, merge_statements
 from queries._errors import ProjectionsBusy, QueryError, ViewDefinitionError
+from queries._metrics import MAINTENANCE_SECONDS, VIEW_EVENTS
 from queries._tables import event_tables, log_layouts, quote
 from queries._viewdef import ViewDef, parse_view
 from store import Layout, LogReader
@@ -355,6 +356,14 @@ class Projections:
         live = [t for t in self._targets if t.live]
         return {p: min((t.checkpoint[p] for t in live), default=0) for p in range(self.partitions)}
 
+    def live_positions(self) -> dict[str, dict[int, int]]:
+        """Each live view's next positions (what the lag is measured from)."""
+        return {t.declared.name: dict(t.checkpoint) for t in self._targets if t.live}
+
+    def building_positions(self) -> dict[str, dict[int, int]]:
+        """Each view being rebuilt: the new version's next positions."""
+        return {t.declared.name: dict(t.checkpoint) for t in self._targets if not t.live}
+
     def building(self) -> list[str]:
         """Versions being built beside a live one (``name@version``)."""
         return [t.key for t in self._targets if not t.live]
@@ -375,6 +384,8 @@ class Projections:
         applied = 0
         checkpoints: list[object] = []
         conformed: dict[tuple[tuple[int, int], ...], pa.Table] = {}
+        counted: list[tuple[str, int]] = []
+        started = time.perf_counter()
         self.con.begin()
         try:
             for target in targets:
@@ -397,6 +408,8 @@ class Projections:
                     events = conformed[key] = self._conform(list(parts.values()))
                 self._apply_one(target, events)
                 applied += events.num_rows
+                if target.live:
+                    counted.append((target.declared.name, events.num_rows))
                 for p in parts:
                     target.checkpoint[p] = ranges[p][1] + 1
                     checkpoints += [target.declared.name, target.version, p, target.checkpoint[p]]
@@ -412,6 +425,9 @@ class Projections:
             self.con.rollback()
             self._reload_checkpoints()
             raise
+        MAINTENANCE_SECONDS.observe(time.perf_counter() - started)
+        for name, n in counted:
+            VIEW_EVENTS.labels(view=name).inc(n)
         touched, self._touched = self._touched, {}
         if touched and self.on_touched is not None:
             self.on_touched(touched)

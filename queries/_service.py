@@ -24,6 +24,15 @@ import pyarrow.compute as pc
 
 from queries._errors import QueryError, QueryTimeout
 from queries._guard import harden
+from queries._metrics import (
+    ANSWERED_BY_CACHE,
+    EXECUTION_SECONDS,
+    PLANNING_SECONDS,
+    QUERIES,
+    RESULT_CACHE_HITS,
+    RESULT_CACHE_MISSES,
+    chose,
+)
 from queries._planner import Catalog, CatalogView, Plan, Planner
 from queries._pool import ConnectionPool
 from queries._projections import Projections, View
@@ -176,9 +185,13 @@ class QueryLayer:
             cached = self._results.get(found) if found is not None else None
             if cached is not None and self._fresh(cached, max_staleness):
                 self.result_hits += 1
+                RESULT_CACHE_HITS.inc()
+                ANSWERED_BY_CACHE.inc()
                 return cached.table
         refuse = self._stale_refusal(max_staleness) if max_staleness is not None else None
+        started = time.perf_counter()
         plan, params = self.planner.plan(sql, refuse=refuse)
+        PLANNING_SECONDS.observe(time.perf_counter() - started)
         if explain:
             return plan.explain()
         if after:
@@ -187,9 +200,12 @@ class QueryLayer:
         cached = self._results.get(key)
         if cached is not None and self._fresh(cached, max_staleness):
             self.result_hits += 1
+            RESULT_CACHE_HITS.inc()
+            ANSWERED_BY_CACHE.inc()
             self._by_text[text_key] = key
             return cached.table
         self.result_misses += 1
+        RESULT_CACHE_MISSES.inc()
         read_from = self._read_from(plan)
         # A key lookup's rows stay cached until a batch changes that key (hot rows); if
         # one did while this ran, the answer may predate it and is cached as any other.
@@ -199,7 +215,11 @@ class QueryLayer:
         touches = self._touches
         started = time.perf_counter()
         table = self.execute(plan, params)
-        self.planner.observe(sql, plan, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self.planner.observe(sql, plan, took)
+        EXECUTION_SECONDS.observe(took)
+        QUERIES.labels(plan="log" if plan.chosen.target == "log" else "view").inc()
+        chose(plan.chosen.target, plan.chosen.rule)
         with self._store_lock:  # Flight calls `run` from several threads
             hot = hot and touches == self._touches
             self._results[key] = _Cached(

@@ -19,6 +19,7 @@ from store._frames import log_table, to_polars
 from store._layout import ENVELOPE_NAMES, EventType, Layout, PayloadField
 from store._log import ArrowLog, LogReader, check_writable, log_partitions, partition_of
 from store._memory import MemoryLog
+from store._metrics import LogDiskCollector
 from store._model import Fsync, LogConfig, NewEvent, Position, Positions, RecordedEvent
 from store._segment import Recovery
 from store._snapshots import Snapshot, SnapshotPolicy, SnapshotStore, fingerprint
@@ -36,6 +37,7 @@ __all__ = [
     "Layout",
     "LockedError",
     "LogConfig",
+    "LogDiskCollector",
     "LogReader",
     "MemoryLog",
     "NewEvent",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ import pyarrow as pa
 from store._errors import ConcurrencyError, DataDirError, StoreError, VersionConflict
 from store._frames import concat
 from store._layout import EventType, Layout
+from store._metrics import APPEND_SECONDS
 from store._model import LogConfig, NewEvent, Positions, RecordedEvent
 from store._partition import PartitionReader, PartitionWriter, lock_partition
 from store._segment import Recovery
@@ -285,7 +287,9 @@ class ArrowLog(LogReader):
             return Positions(0, ())
         if self.partitions == 1:
             return self.append_partition(0, events)
+        started = time.perf_counter()
         positions, conflicts = self._append_partitioned(events, self.partitions)
+        APPEND_SECONDS.observe(time.perf_counter() - started)
         if conflicts:
             raise ConcurrencyError(conflicts, positions)
         return positions
@@ -294,8 +298,10 @@ class ArrowLog(LogReader):
         """Append events that all belong to `partition`: the caller routed them with
         `partition_of`, as a dataflow's shard does. Otherwise as `append`."""
         writer = self._writer(partition)
+        started = time.perf_counter()
         offsets, conflicts = writer.append(events)
         writer.sync()
+        APPEND_SECONDS.observe(time.perf_counter() - started)
         positions = Positions(partition, offsets)
         if conflicts:
             raise ConcurrencyError(conflicts, positions)

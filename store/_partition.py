@@ -26,6 +26,7 @@ from store._errors import (
 )
 from store._index import ActiveIndex, SealedIndex, write_index
 from store._layout import Layout
+from store._metrics import FSYNC_SECONDS, ROTATIONS, TORN_BATCHES, count_appended
 from store._model import Fsync, LogConfig, NewEvent
 from store._segment import (
     Recovery,
@@ -283,6 +284,7 @@ class PartitionWriter:
         self.layout = layout
         self.config = config
         self.recoveries: list[Recovery] = []
+        self._type_names = tuple(t.name for t in layout.event_types)
         directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = lock_partition(directory, number)
         try:
@@ -304,6 +306,7 @@ class PartitionWriter:
             on_disk, kept, report = recover(files)
             if report:
                 self.recoveries.append(report)
+                TORN_BATCHES.inc(max(report.dropped_batches, 1))
             if on_disk is None or (kept == 0 and not on_disk.same_as(self.layout)):
                 writer = SegmentWriter.create(files, self.layout)
             else:
@@ -404,6 +407,7 @@ class PartitionWriter:
 
     def _write(self, batch: pa.RecordBatch) -> None:
         codes = batch.column(4).to_numpy()
+        count_appended(self._type_names, codes)
         timestamps = batch.column(8).cast(pa.int64()).to_numpy()
         seg = self.active
         seg.append(batch, codes, timestamps)
@@ -439,14 +443,19 @@ class PartitionWriter:
             and (now - self._last_sync) * 1000 < self.config.fsync_interval_ms
         ):
             return
-        self.active.sync()
+        self._fsync()
         self._last_sync = now
         self._dirty = False
+
+    def _fsync(self) -> None:
+        started = time.perf_counter()
+        self.active.sync()
+        FSYNC_SECONDS.observe(time.perf_counter() - started)
 
     def flush(self) -> None:
         """fsync now, whatever the policy."""
         if self._dirty:
-            self.active.sync()
+            self._fsync()
             self._dirty = False
 
     def _rotate(self) -> None:
@@ -456,6 +465,7 @@ class PartitionWriter:
         if seg.batches == 0:
             return self._replace_empty()
         seg.seal()
+        ROTATIONS.inc()
         reader_seg.refresh()
         write_index(seg.files.index, [reader_seg.batch(i) for i in range(len(reader_seg.entries))])
         fsync_dir(self.directory)

@@ -21,6 +21,7 @@ def test_store_exports() -> None:
         "Layout",
         "LockedError",
         "LogConfig",
+        "LogDiskCollector",
         "LogReader",
         "MemoryLog",
         "NewEvent",

@@ -36,7 +36,10 @@ def server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     data = tmp_path / "data"
     write_log(data, bank_events(3, accounts=30, events=3000))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--data", str(data), "--port", "0"],
+        [
+            *(sys.executable, "-m", "flows.cli", "serve", "--data", str(data)),
+            *("--port", "0", "--metrics-port", "0"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -44,7 +47,10 @@ def server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         env={**os.environ, "CQRSFLOW_TOKEN": TOKEN},
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline()
+    line = ""
+    for line in proc.stdout:  # the endpoints' line comes first
+        if "serving SQL" in line or not line:
+            break
     assert "serving SQL over Arrow Flight at grpc://127.0.0.1:" in line, line + proc.stderr.read()
     url = line.split(" at ")[1].split()[0]
     try:

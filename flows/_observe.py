@@ -1,0 +1,129 @@
+"""What `cqrsflow run` and `cqrsflow serve` expose: their registries and readiness.
+
+`run` (one process): the flow's and the log's metrics in this process, the views'
+from what the follower process publishes. With `--processes N` the flow runs in child
+processes, which write their metrics to a directory (prometheus-client's multiprocess
+mode) that this process serves from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from prometheus_client import REGISTRY, CollectorRegistry, ProcessCollector
+from prometheus_client.core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from queries import Projections
+from queries._follow import PublishedCollector, read_published
+from queries._metrics import MAINTENANCE_SECONDS, VIEW_EVENTS, PoolCollector, ViewsCollector
+from queries._pool import PoolStats
+from store import LogDiskCollector, LogReader
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def run_registry(data: Path, processes: int) -> tuple[CollectorRegistry, dict[str, str]]:
+    """The registry a run serves, and the environment its child processes need."""
+    if processes > 1:
+        directory = data / "metrics"
+        shutil.rmtree(directory, ignore_errors=True)  # counters start at zero each run
+        directory.mkdir(parents=True)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+        ProcessCollector(registry=registry)
+        env = {MULTIPROCESS_ENV: str(directory)}
+    else:
+        registry, env = REGISTRY, {}
+        # This process applies no views: the follower's figures are served instead,
+        # and two families of one name would make the exposition invalid.
+        for local in (VIEW_EVENTS, MAINTENANCE_SECONDS):
+            with contextlib.suppress(KeyError):
+                REGISTRY.unregister(local)
+    registry.register(LogDiskCollector(data))
+    registry.register(_Lazy(lambda: PublishedCollector(data, LogReader.open(data)), data))
+    return registry, env
+
+
+def run_readiness(data: Path, lag_seconds: float) -> Callable[[], str | None]:
+    """Ready when the log exists and every view is within `lag_seconds` of it."""
+
+    def ready() -> str | None:
+        if not (data / "log" / "manifest.json").exists():
+            return "the log is not open yet"
+        published = read_published(data)
+        if published is None:
+            return "the views' follower has not reported yet"
+        reader = LogReader.open(data)
+        lags = _lags(ViewsCollector(reader, lambda: _views(published)))
+        return _too_far(lags, lag_seconds)
+
+    return ready
+
+
+def serve_registry(
+    data: Path, projections: Projections, reader: LogReader, pool: Callable[[], PoolStats]
+) -> CollectorRegistry:
+    REGISTRY.register(LogDiskCollector(data))
+    REGISTRY.register(
+        ViewsCollector(reader, projections.live_positions, projections.building_positions)
+    )
+    REGISTRY.register(PoolCollector(pool))
+    return REGISTRY
+
+
+def serve_readiness(
+    data: Path, projections: Projections, lag_seconds: float
+) -> Callable[[], str | None]:
+    def ready() -> str | None:
+        # A reader of its own: the scrape runs on the endpoint's thread.
+        collector = ViewsCollector(LogReader.open(data), projections.live_positions)
+        return _too_far(_lags(collector), lag_seconds)
+
+    return ready
+
+
+def _views(published: dict[str, object]) -> dict[str, dict[int, int]]:
+    views = published.get("views", {})
+    assert isinstance(views, dict)
+    return {v: {int(p): int(n) for p, n in pos.items()} for v, pos in views.items()}
+
+
+def _lags(collector: ViewsCollector) -> dict[str, float]:
+    for family in collector.collect():
+        if family.name == "cqrsflow_view_lag_seconds":
+            return {s.labels["view"]: s.value for s in family.samples}
+    return {}
+
+
+def _too_far(lags: dict[str, float], bound: float) -> str | None:
+    behind = {v: lag for v, lag in lags.items() if lag > bound}
+    if not behind:
+        return None
+    views = ", ".join(
+        f"view {v} is {lag:.1f} s behind the log" for v, lag in sorted(behind.items())
+    )
+    return f"{views} (allowed: {bound} s)"
+
+
+class _Lazy(Collector):
+    """A collector made on first scrape: the log a run writes may not exist yet."""
+
+    def __init__(self, make: Callable[[], PublishedCollector], data: Path) -> None:
+        self._make = make
+        self._data = data
+        self._made: PublishedCollector | None = None
+
+    def describe(self) -> list[Metric]:
+        return []  # names are not known before the first scrape
+
+    def collect(self) -> Iterable[Metric]:
+        if self._made is None:
+            if not (self._data / "log" / "manifest.json").exists():
+                return []
+            self._made = self._make()
+        return self._made.collect()

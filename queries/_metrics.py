@@ -1,0 +1,127 @@
+"""The read side's Prometheus metrics (names and meanings: docs/metrics.md).
+
+Counters and histograms are updated where the work happens, once per micro-batch or
+query (a cached answer costs one counter increment). Lag, rebuild progress and the
+pool's state are computed when scraped (`ViewsCollector`, `PoolCollector`), from
+whatever the scraping process can see: its own `Projections`, or the positions the
+follower of another process published.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from queries._pool import PoolStats
+from store import LogReader
+
+_LATENCY = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0)
+
+VIEW_EVENTS = Counter("cqrsflow_view_events_applied", "Events applied to the view", ["view"])
+MAINTENANCE_SECONDS = Histogram(
+    "cqrsflow_view_maintenance_seconds",
+    "One micro-batch applied to every view (one transaction)",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+QUERIES = Counter("cqrsflow_queries", "Queries answered, by what answered them", ["plan"])
+ANSWERED_BY_CACHE = QUERIES.labels(plan="cache")
+PLANNING_SECONDS = Histogram(
+    "cqrsflow_query_planning_seconds", "Planning a query", buckets=_LATENCY
+)
+EXECUTION_SECONDS = Histogram(
+    "cqrsflow_query_execution_seconds", "Running the chosen plan", buckets=_LATENCY
+)
+PLAN_CACHE_HITS = Counter("cqrsflow_plan_cache_hits", "Plans found by the query's shape")
+PLAN_CACHE_MISSES = Counter("cqrsflow_plan_cache_misses", "Queries planned anew")
+RESULT_CACHE_HITS = Counter("cqrsflow_result_cache_hits", "Answers served from the cache")
+RESULT_CACHE_MISSES = Counter("cqrsflow_result_cache_misses", "Answers computed")
+LAST_PLAN = Gauge("cqrsflow_last_plan_info", "1 for the latest query's plan", ["target", "rule"])
+
+
+def chose(target: str, rule: str) -> None:
+    """Record the planner's latest choice (the dashboard shows recent ones)."""
+    LAST_PLAN.clear()
+    LAST_PLAN.labels(target=target, rule=rule).set(1)
+
+
+class ViewsCollector(Collector):
+    """Each view's lag behind the log, and rebuild progress, computed when scraped.
+
+    `positions()` gives each live view's next positions; `building()` each version
+    being built beside a live one, as (view, its positions).
+    """
+
+    def __init__(
+        self,
+        reader: LogReader,
+        positions: Callable[[], Mapping[str, Mapping[int, int]]],
+        building: Callable[[], Mapping[str, Mapping[int, int]]] = dict,
+    ) -> None:
+        self._reader = reader
+        self._positions = positions
+        self._building = building
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not scrape: the data may not be there yet
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        self._reader.refresh()
+        end = self._reader.watermarks()
+        total = sum(end.values())
+        events = GaugeMetricFamily(
+            "cqrsflow_view_lag_events", "Log events the view has not applied", labels=["view"]
+        )
+        seconds = GaugeMetricFamily(
+            "cqrsflow_view_lag_seconds", "Age of the oldest of them", labels=["view"]
+        )
+        progress = GaugeMetricFamily(
+            "cqrsflow_view_rebuild_progress_ratio",
+            "0 to 1 while a new version is built beside the live one",
+            labels=["view"],
+        )
+        now = time.time()
+        for view, applied in self._positions().items():
+            behind = {p: applied.get(p, 0) for p in end if applied.get(p, 0) < end[p]}
+            events.add_metric([view], sum(end[p] - at for p, at in behind.items()))
+            oldest = [_written_at(self._reader, p, at) for p, at in behind.items()]
+            seconds.add_metric([view], max(0.0, now - min(oldest)) if oldest else 0.0)
+        for view, applied in self._building().items():
+            done = sum(min(applied.get(p, 0), end[p]) for p in end)
+            progress.add_metric([view], done / total if total else 1.0)
+        yield events
+        yield seconds
+        yield progress
+
+
+def _written_at(reader: LogReader, partition: int, position: int) -> float:
+    for batch in reader.partition(partition).batches(position):
+        return float(batch.column("timestamp")[0].value) / 1e6
+    return time.time()
+
+
+class PoolCollector(Collector):
+    """The query pool's state, read when scraped."""
+
+    def __init__(self, stats: Callable[[], PoolStats]) -> None:
+        self._stats = stats
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not scrape: the data may not be there yet
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = self._stats()
+        yield GaugeMetricFamily(
+            "cqrsflow_pool_connections_in_use", "DuckDB connections lent out", stats.in_use
+        )
+        yield GaugeMetricFamily(
+            "cqrsflow_pool_waiting", "Callers waiting for a connection", stats.waiting
+        )
+        yield GaugeMetricFamily(
+            "cqrsflow_circuit_breaker_open",
+            "1 while the pool's breaker is open or half-open",
+            0 if stats.breaker == "closed" else 1,
+        )
