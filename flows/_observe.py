@@ -9,13 +9,18 @@ mode) that this process serves from.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import socket
+import threading
+import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, ProcessCollector
 from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from queries import Projections
@@ -127,3 +132,42 @@ class _Lazy(Collector):
                 return []
             self._made = self._make()
         return self._made.collect()
+
+
+class BytewaxCollector(Collector):
+    """bytewax's own metrics (per-step batch durations and the like), from its web
+    server: its Rust side exports them nowhere else. That server binds every interface,
+    which is why `--bytewax-metrics` is opt-in."""
+
+    def __init__(self, port: int) -> None:
+        self._url = f"http://127.0.0.1:{port}/metrics"
+        self._fetching = threading.Event()
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        # bytewax's page renders this process's registry, this collector included:
+        # the nested call (on bytewax's thread, while we wait) must not fetch again.
+        if self._fetching.is_set():
+            return []
+        self._fetching.set()
+        try:
+            with urllib.request.urlopen(self._url, timeout=2) as response:
+                text = response.read().decode()
+        except OSError:  # not started yet, or gone: nothing to add
+            return []
+        finally:
+            self._fetching.clear()
+        # Its page repeats this process's own registry; keep what is bytewax's.
+        return [f for f in text_string_to_metric_families(text) if f.name.startswith("bytewax_")]
+
+
+def enable_bytewax_metrics(registry: CollectorRegistry) -> None:
+    """Turn on bytewax's web server for the flow this process runs, on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "1"
+    os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(port)
+    registry.register(BytewaxCollector(port))

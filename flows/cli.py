@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--fsync", choices=[f.value for f in Fsync], default="always")
     _endpoint_flags(run, 9464)
+    run.add_argument(
+        "--bytewax-metrics",
+        action="store_true",
+        help="also serve bytewax's own metrics (per-step durations); turns on bytewax's web "
+        "server, which listens on every interface, on a free port (one process only)",
+    )
     run.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
     run.add_argument("--addresses", help=argparse.SUPPRESS)
 
@@ -323,7 +329,7 @@ def _generate(args: argparse.Namespace, errors: Console) -> int:
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console) -> int:
     from flows._http import start_endpoints
-    from flows._observe import run_readiness, run_registry
+    from flows._observe import enable_bytewax_metrics, run_readiness, run_registry
     from flows._progress import answered_progress, count_records
     from flows._projcmd import start_follower, stop_follower
     from flows._runcmd import RunOptions, prepare, run_process, summarize
@@ -357,6 +363,10 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console)
     started = time.perf_counter()
     before = prepare(args.data, args.commands)
     registry, child_env = run_registry(args.data, args.processes)
+    if args.bytewax_metrics:
+        if args.processes > 1:
+            raise UsageError("--bytewax-metrics: only with one process")
+        enable_bytewax_metrics(registry)
     endpoints = None
     if args.metrics_port >= 0:
         ready = run_readiness(args.data, args.ready_lag)

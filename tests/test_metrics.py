@@ -226,3 +226,37 @@ def test_metrics_port_minus_one_serves_no_endpoints(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0 and "metrics at" not in done.stdout
     assert len(read_results(tmp_path / "d")) == 10
+
+
+def test_bytewax_own_metrics_are_served_beside_ours_when_asked(tmp_path: Path) -> None:
+    commands = tmp_path / "commands.jsonl"
+    generate(commands, 200, 20)
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "flows.cli", "run", "bank", "--commands", "-"),
+            *("--data", str(tmp_path / "d"), "--metrics-port", "0", "--bytewax-metrics"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        base = endpoint_of(proc.stdout)
+        proc.stdin.write(commands.read_text())
+        proc.stdin.flush()
+        wait_for(lambda: total(scrape(base), "cqrsflow_commands_total") == 200, "200 commands")
+        _, text = get(f"{base}/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        steps = {s.labels.get("step_id", "") for f in families.values() for s in f.samples}
+        assert any(name.startswith("bytewax_") for name in families)
+        assert any(step.startswith("cqrsflow.decide") for step in steps), sorted(steps)[:5]
+        assert "cqrsflow_commands" in families  # ours, once
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=DEADLINE)
+        proc.stdout.close()
+        assert proc.stderr is not None
+        proc.stderr.close()
