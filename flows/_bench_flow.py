@@ -7,7 +7,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from flows._bench import Figure, interleaved, rate, timed
 from flows._bench_store import Scale
 from flows._dataflow import FlowConfig, command_flow, tune_gc
 from flows._generate import bank_commands, encoder
+from flows._progress import Report
 from flows._results import Result
 from flows.bank import ACCOUNT
 
@@ -102,7 +102,7 @@ def _peak_rss(commands: int, accounts: int, workdir: Path) -> float:
     return max(peak, before) / 1024
 
 
-def bench_commands(scale: Scale, workdir: Path, progress: Callable[[str], None]) -> list[Figure]:
+def bench_commands(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
     records = _records(scale)
 
     def ours() -> float:

@@ -15,6 +15,7 @@ from pathlib import Path
 from flows import bank
 from flows._bench import Figure, interleaved, rate, timed
 from flows._bench_store import Scale, _fresh_dir, build_log
+from flows._progress import Report
 from queries import Plan, Projections, QueryLayer
 from store import LogReader
 
@@ -70,7 +71,7 @@ def _view_vs_scan(layer: QueryLayer, sql: str, scale: Scale, ratio_target: float
     )
 
 
-def bench_query(scale: Scale, workdir: Path, progress: Callable[[str], None]) -> list[Figure]:
+def bench_query(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
     directory = _fresh_dir(workdir)
     build_log(directory, scale, progress)
     progress("building the bank's views from the log")

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from flows import bank
 from flows._bench import Figure, interleaved, rate, timed
+from flows._progress import Report
 from store import (
     ArrowLog,
     Fsync,
@@ -128,7 +129,7 @@ def _fresh_dir(parent: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=parent))
 
 
-def bench_write(scale: Scale, workdir: Path, progress: Callable[[str], None]) -> list[Figure]:
+def bench_write(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
     layout = bank.layout()
     batches = list(bank_batches(scale.write_events, accounts=scale.write_events // 20))
     n = sum(len(b) for b in batches)
@@ -173,7 +174,7 @@ def bench_write(scale: Scale, workdir: Path, progress: Callable[[str], None]) ->
     ]
 
 
-def build_log(directory: Path, scale: Scale, progress: Callable[[str], None]) -> None:
+def build_log(directory: Path, scale: Scale, progress: Report) -> None:
     """A log of `scale.log_events` bank events with one hot aggregate spread through it."""
     layout = bank.layout()
     hot_every = scale.log_events // scale.hot_events
@@ -184,8 +185,8 @@ def build_log(directory: Path, scale: Scale, progress: Callable[[str], None]) ->
             )
         ):
             log.append(batch)
-            if i % 1000 == 0:
-                progress(f"building a {scale.log_events:,}-event log: {i * BATCH:,}")
+            if i % 100 == 0:
+                progress(f"building a {scale.log_events:,}-event log", i * BATCH, scale.log_events)
 
 
 def raw_scan(directory: Path) -> int:
@@ -196,7 +197,7 @@ def raw_scan(directory: Path) -> int:
     return rows
 
 
-def bench_read(scale: Scale, workdir: Path, progress: Callable[[str], None]) -> list[Figure]:
+def bench_read(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
     directory = _fresh_dir(workdir)
     build_log(directory, scale, progress)
     reader = LogReader.open(directory)

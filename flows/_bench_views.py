@@ -22,6 +22,7 @@ import pyarrow as pa
 from flows import bank
 from flows._bench import Figure, interleaved, rate, timed
 from flows._bench_store import BATCH, bank_batches
+from flows._progress import Report
 from queries import Projections, View
 from store import ArrowLog, Fsync, LogConfig, LogReader
 
@@ -75,14 +76,14 @@ ON CONFLICT (account) DO UPDATE SET
 _TOTALS = "SELECT count(*), sum(balance), sum(deposits), sum(withdrawals), max(version) FROM {}"
 
 
-def build_log(directory: Path, scale: ViewScale, progress: Callable[[str], None]) -> None:
+def build_log(directory: Path, scale: ViewScale, progress: Report) -> None:
     """A log of `scale.events` bank events over `scale.accounts` accounts."""
     config = LogConfig(partitions=PARTITIONS, fsync=Fsync.NEVER)
     with ArrowLog.open(directory, bank.layout(), config) as log:
         for i, batch in enumerate(bank_batches(scale.events, scale.accounts)):
             log.append(batch)
-            if i % 1000 == 0:
-                progress(f"building a {scale.events:,}-event log: {i * BATCH:,}")
+            if i % 100 == 0:
+                progress(f"building a {scale.events:,}-event log", i * BATCH, scale.events)
 
 
 def micro_batches(reader: LogReader, max_events: int) -> list[pa.Table]:
@@ -119,9 +120,7 @@ def _totals(con: duckdb.DuckDBPyConnection, table: str) -> tuple[object, ...]:
     return tuple(con.execute(_TOTALS.format(table)).fetchall()[0])
 
 
-def bench_projections(
-    scale: ViewScale, workdir: Path, progress: Callable[[str], None]
-) -> list[Figure]:
+def bench_projections(scale: ViewScale, workdir: Path, progress: Report) -> list[Figure]:
     directory = Path(tempfile.mkdtemp(dir=workdir))
     build_log(directory, scale, progress)
     reader = LogReader.open(directory)

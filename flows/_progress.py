@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from rich.console import Console
@@ -17,6 +18,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
@@ -40,7 +42,11 @@ def progress_bar(console: Console, unit: str) -> Progress:
         TextColumn("{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
-        TextColumn("{task.completed:,.0f}/{task.total:,.0f} " + unit),
+        TextColumn(
+            "{task.completed:,.0f}/{task.total:,.0f} " + unit
+            if unit
+            else "{task.completed:,.0f}/{task.total:,.0f}"
+        ),
         _Rate(unit),
         TimeRemainingColumn(),
         console=console,
@@ -96,3 +102,29 @@ def _answered(registry: CollectorRegistry) -> float:
         for s in family.samples
         if s.name == "cqrsflow_commands_total"
     )
+
+
+class Report(Protocol):
+    """How long work says where it is: a phase, or a count of a known total."""
+
+    def __call__(self, message: str, done: int | None = None, total: int | None = None) -> None: ...
+
+
+@contextmanager
+def reporting(console: Console, *, quiet: bool = False) -> Iterator[Report]:
+    """Phases as lines, counted work as bars with rate and time left."""
+    bar = progress_bar(console, "")
+    tasks: dict[str, TaskID] = {}
+
+    def report(message: str, done: int | None = None, total: int | None = None) -> None:
+        if quiet:
+            return
+        if total is None:
+            bar.console.print(f"[dim]… {message}[/]")
+            return
+        if message not in tasks:
+            tasks[message] = bar.add_task(message, total=total)
+        bar.update(tasks[message], completed=done)
+
+    with bar:
+        yield report

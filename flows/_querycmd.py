@@ -24,6 +24,7 @@ from rich.table import Table
 
 from flows._http import start_endpoints
 from flows._observe import serve_readiness, serve_registry
+from flows._progress import progress_bar
 from flows._projcmd import domain_views
 from queries import Projections
 from queries._flight import FlightQueryClient, FlightQueryServer
@@ -49,12 +50,16 @@ def parse_after(values: list[str] | None) -> dict[int, int] | None:
 
 
 @contextmanager
-def local_layer(data: Path, domain: str) -> Iterator[QueryLayer]:
+def local_layer(data: Path, domain: str, console: Console | None = None) -> Iterator[QueryLayer]:
     views, layout = domain_views(domain)
     reader = LogReader.open(data)
     projections = Projections.open(data, views, layout, reader=reader)
     try:
-        projections.catch_up(reader)
+        behind = max((lag.events for lag in projections.lag(reader).values()), default=0)
+        with progress_bar(console or Console(stderr=True), "events") as bar:
+            # Replaying the log into views that are behind can take a while.
+            task = bar.add_task("bringing the views up to the log", total=behind)
+            projections.catch_up(reader, progress=lambda n: bar.advance(task, n))
         layer = QueryLayer(projections, reader)
         try:
             yield layer

@@ -507,15 +507,14 @@ def _bench(args: argparse.Namespace, console: Console, errors: Console) -> int:
     from flows._bench_query import bench_query
     from flows._bench_store import SCALES, bench_read, bench_write
     from flows._bench_views import VIEW_SCALES, bench_projections
+    from flows._progress import reporting
 
     scale = SCALES[args.scale]
     quiet = args.json or not errors.is_terminal
-
-    def progress(message: str) -> None:
-        if not quiet:
-            errors.print(f"[dim]… {message}[/]")
-
-    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="cqrsflow-bench-") as tmp:
+    with (
+        reporting(errors, quiet=quiet) as progress,
+        tempfile.TemporaryDirectory(dir=args.workdir, prefix="cqrsflow-bench-") as tmp,
+    ):
         work = Path(tmp)
         if args.suite == "projections":  # sized by the events of its log, not by `Scale`
             figures = bench_projections(VIEW_SCALES[args.scale], work, progress)

@@ -11,7 +11,7 @@ from flows._bench_store import Scale
 
 def test_the_query_bench_measures_each_figure_against_its_baseline(tmp_path: Path) -> None:
     tiny = Scale(write_events=0, runs=1, log_events=40_000, hot_events=100, rss_commands=0)
-    figures = bench_query(tiny, tmp_path, lambda _: None)
+    figures = bench_query(tiny, tmp_path, lambda *_: None)
     assert [f.unit for f in figures] == ["µs", "queries/s", "lookups/s", "queries/s", "queries/s"]
     assert all(min(f.runs) > 0 for f in figures)
     compared = [f for f in figures if f.baseline_name is not None]

@@ -12,7 +12,7 @@ def test_the_projections_bench_measures_each_figure_and_the_ratio_to_raw_duckdb(
     tmp_path: Path,
 ) -> None:
     tiny = ViewScale(events=20_000, runs=2, batch=5_000, rebuild_batch=12_000)
-    figures = bench_projections(tiny, tmp_path, lambda _: None)
+    figures = bench_projections(tiny, tmp_path, lambda *_: None)
     assert len(figures) == 4
     assert all(len(f.runs) == tiny.runs and min(f.runs) > 0 for f in figures)
     compared, _ = [f for f in figures if f.baseline_name is not None]
