@@ -27,6 +27,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from connectors import RawBatch
+from flows._backpressure import Backpressure
 from flows._domain import Aggregate
 from flows._metrics import BATCH_SIZE, LATENCY, count_commands, observe_many
 from flows._parse import Command, Invalid, Parser
@@ -44,6 +45,9 @@ class FlowConfig:
     fsync: Fsync = Fsync.ALWAYS
     segment_bytes: int = 64 * 1024 * 1024
     shard: ShardConfig = field(default_factory=ShardConfig)
+    # Intake slows while the views are more than this many events behind a partition
+    # (0: never), so a slow view costs latency, not memory.
+    max_view_lag: int = 2_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,7 @@ class _ShardLogic(StatefulBatchLogic[ShardBatch, list[Result], int]):
         self._config = config
         self._resume = resume
         self._shard: Shard | None = None
+        self._brake = Backpressure(config.data_dir, config.max_view_lag)
 
     def _open(self, partition: int) -> Shard:
         config = self._config
@@ -115,6 +120,7 @@ class _ShardLogic(StatefulBatchLogic[ShardBatch, list[Result], int]):
     def on_batch(self, values: list[ShardBatch]) -> tuple[list[list[Result]], bool]:
         if self._shard is None:
             self._shard = self._open(values[0].shard)
+        self._brake.wait(self._shard.partition, self._shard.watermark)
         commands = [c for v in values for c in v.commands]
         results = self._shard.handle(commands)
         observe_many(LATENCY, time.monotonic() - min(v.received for v in values), len(commands))

@@ -33,6 +33,7 @@ class RunOptions:
     fsync: Fsync
     process_id: int | None = None
     addresses: list[str] | None = None
+    max_view_lag: int = 2_000_000
 
 
 def _source(options: RunOptions) -> Any:
@@ -58,7 +59,12 @@ def run_process(aggregate: Aggregate[Any], options: RunOptions) -> None:
 
 
 def _flow(aggregate: Aggregate[Any], options: RunOptions) -> Any:
-    config = FlowConfig(options.data_dir, partitions=options.partitions, fsync=options.fsync)
+    config = FlowConfig(
+        options.data_dir,
+        partitions=options.partitions,
+        fsync=options.fsync,
+        max_view_lag=options.max_view_lag,
+    )
     return command_flow(
         aggregate,
         _source(options),

@@ -84,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fsync", choices=[f.value for f in Fsync], default="always")
     _endpoint_flags(run, 9464)
     run.add_argument(
+        "--max-view-lag",
+        type=int,
+        default=2_000_000,
+        metavar="EVENTS",
+        help="slow the intake while the views are more than this many events behind a "
+        "partition of the log (default 2,000,000; 0: never)",
+    )
+    run.add_argument(
         "--bytewax-metrics",
         action="store_true",
         help="also serve bytewax's own metrics (per-step durations); turns on bytewax's web "
@@ -355,6 +363,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console)
         fsync=Fsync(args.fsync),
         process_id=args.process_id,
         addresses=args.addresses.split(";") if args.addresses else None,
+        max_view_lag=args.max_view_lag,
     )
     if args.process_id is not None:  # a child of a cluster run
         run_process(DOMAINS[args.domain](), options)

@@ -87,7 +87,7 @@ class ViewsCollector(Collector):
         for view, applied in self._positions().items():
             behind = {p: applied.get(p, 0) for p in end if applied.get(p, 0) < end[p]}
             events.add_metric([view], sum(end[p] - at for p, at in behind.items()))
-            oldest = [_written_at(self._reader, p, at) for p, at in behind.items()]
+            oldest = [written_at(self._reader, p, at) for p, at in behind.items()]
             seconds.add_metric([view], max(0.0, now - min(oldest)) if oldest else 0.0)
         for view, applied in self._building().items():
             done = sum(min(applied.get(p, 0), end[p]) for p in end)
@@ -97,7 +97,8 @@ class ViewsCollector(Collector):
         yield progress
 
 
-def _written_at(reader: LogReader, partition: int, position: int) -> float:
+def written_at(reader: LogReader, partition: int, position: int) -> float:
+    """When the event at `position` was written (seconds since the epoch)."""
     for batch in reader.partition(partition).batches(position):
         return float(batch.column("timestamp")[0].value) / 1e6
     return time.time()

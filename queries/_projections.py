@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from queries._delta import DELTA, delta_select, merge_statements
 from queries._errors import ProjectionsBusy, QueryError, ViewDefinitionError
-from queries._metrics import MAINTENANCE_SECONDS, VIEW_EVENTS
+from queries._metrics import MAINTENANCE_SECONDS, VIEW_EVENTS, written_at
 from queries._tables import event_tables, log_layouts, quote
 from queries._viewdef import ViewDef, parse_view
 from store import Layout, LogReader
@@ -575,7 +575,7 @@ class Projections:
                 continue
             events = sum(max(0, end[p] - t.checkpoint[p]) for p in end)
             oldest = [
-                _timestamp(reader, p, t.checkpoint[p]) for p in end if end[p] > t.checkpoint[p]
+                written_at(reader, p, t.checkpoint[p]) for p in end if end[p] > t.checkpoint[p]
             ]
             seconds = max(0.0, now - min(oldest)) if oldest else 0.0
             lags[t.declared.name] = Lag(events, seconds)
@@ -639,10 +639,3 @@ def _table(batches: list[pa.RecordBatch]) -> pa.Table:
 
 def _batches(reader: LogReader, partition: int, start: int) -> Iterator[pa.RecordBatch]:
     return reader.partition(partition).batches(start)
-
-
-def _timestamp(reader: LogReader, partition: int, position: int) -> float:
-    """When the event at `position` was written (seconds since the epoch)."""
-    for batch in _batches(reader, partition, position):
-        return float(batch.column("timestamp")[0].value) / 1e6
-    return time.time()

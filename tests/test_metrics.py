@@ -260,3 +260,75 @@ def test_bytewax_own_metrics_are_served_beside_ours_when_asked(tmp_path: Path) -
         proc.stdout.close()
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def opens(prefix: str, n: int) -> str:
+    return "".join(
+        json.dumps(
+            {"command_id": f"{prefix}{i}", "type": "OpenAccount", "aggregate_id": f"{prefix}{i}"}
+            | {"data": {"owner": "o"}}
+        )
+        + "\n"
+        for i in range(n)
+    )
+
+
+def test_intake_slows_while_the_views_are_behind_and_resumes_when_they_catch_up(
+    tmp_path: Path,
+) -> None:
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "flows.cli", "run", "bank", "--commands", "-"),
+            *("--data", str(tmp_path / "d"), "--metrics-port", "0", "--max-view-lag", "20"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        base = endpoint_of(proc.stdout)
+        proc.stdin.write(opens("a", 30))
+        proc.stdin.flush()
+        wait_for(lambda: total(scrape(base), "cqrsflow_commands_total") == 30, "30 commands")
+        wait_for(
+            lambda: (
+                total(scrape(base), "cqrsflow_view_events_applied_total", view="balances") == 30
+            ),
+            "the views to apply them",
+        )
+        (follower,) = children(proc.pid)
+        os.kill(follower, signal.SIGSTOP)  # the views stop moving
+        sent = 30
+        try:
+            # Batch after batch until one is held back: each shard checks before deciding.
+            for k in range(20):
+                proc.stdin.write(opens(f"b{k}-", 40))
+                proc.stdin.flush()
+                sent += 40
+
+                def answered_or_held(sent: int = sent) -> bool:
+                    samples = scrape(base)
+                    return (
+                        total(samples, "cqrsflow_commands_total") == sent
+                        or total(samples, "cqrsflow_intake_throttled") == 1
+                    )
+
+                wait_for(answered_or_held, "the batch to be answered or held back")
+                if total(scrape(base), "cqrsflow_intake_throttled") == 1:
+                    break
+            assert total(scrape(base), "cqrsflow_intake_throttled") == 1
+            assert total(scrape(base), "cqrsflow_commands_total") < sent
+        finally:
+            os.kill(follower, signal.SIGCONT)
+        wait_for(lambda: total(scrape(base), "cqrsflow_commands_total") == sent, "the rest")
+        samples = scrape(base)
+        assert total(samples, "cqrsflow_intake_throttled") == 0
+        assert total(samples, "cqrsflow_intake_throttled_seconds_total") > 0
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=DEADLINE)
+        proc.stdout.close()
+        proc.stderr.close()
