@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 import pyarrow as pa
@@ -70,6 +71,16 @@ class PythonProjection:
 
 
 Declared = View | PythonProjection
+
+
+class KeyListener(Protocol):
+    """A cache of rows by key (the query layer's): which views it looks keys up in,
+    and, after each committed batch, which keys changed per view applied to (an
+    Arrow array of a one-column key, or None for "any key")."""
+
+    def wants(self, view: str) -> bool: ...
+
+    def touched(self, keys: dict[str, pa.Array | None]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +155,7 @@ class Projections:
         self._prepare_catalog()
         for d in declared:
             self._targets.extend(self._declare(d))
-        # A cache of rows by key (the query layer's) says which views it looks keys up
-        # in, and hears which keys each committed batch changed: per view applied to,
-        # the keys (an Arrow array of a one-column key), or None for "any key".
-        self.keys_wanted: Callable[[str], bool] = lambda name: False
-        self.on_touched: Callable[[dict[str, pa.Array | None]], None] | None = None
+        self._listeners: list[KeyListener] = []
         self._touched: dict[str, pa.Array | None] = {}
 
     @classmethod
@@ -356,6 +363,13 @@ class Projections:
         live = [t for t in self._targets if t.live]
         return {p: min((t.checkpoint[p] for t in live), default=0) for p in range(self.partitions)}
 
+    def listen(self, listener: KeyListener) -> None:
+        self._listeners.append(listener)
+
+    def unlisten(self, listener: KeyListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def live_positions(self) -> dict[str, dict[int, int]]:
         """Each live view's next positions (what the lag is measured from)."""
         return {t.declared.name: dict(t.checkpoint) for t in self._targets if t.live}
@@ -429,8 +443,8 @@ class Projections:
         for name, n in counted:
             VIEW_EVENTS.labels(view=name).inc(n)
         touched, self._touched = self._touched, {}
-        if touched and self.on_touched is not None:
-            self.on_touched(touched)
+        for listener in list(self._listeners) if touched else ():
+            listener.touched(touched)
         self._swap_built()
         return applied
 
@@ -456,7 +470,7 @@ class Projections:
                 for statement in target.statements:
                     self.con.execute(statement)
                 if target.live:
-                    wanted = self.keys_wanted(target.declared.name)
+                    wanted = any(li.wants(target.declared.name) for li in self._listeners)
                     self._touched[target.declared.name] = (
                         self._touched_keys(target) if wanted else None
                     )

@@ -101,8 +101,7 @@ class QueryLayer:
         self._hot: dict[str, dict[object, set[tuple[str, tuple[object, ...]]]]] = {}
         self._touches = 0
         self._hot_views: set[str] = set()
-        projections.keys_wanted = self._hot_views.__contains__
-        projections.on_touched = self._touched
+        projections.listen(self)
         self.result_hits = 0
         self.result_misses = 0
 
@@ -243,7 +242,11 @@ class QueryLayer:
                 v: alive for v, keys in by_value.items() if (alive := keys & self._results.keys())
             }
 
-    def _touched(self, touched: dict[str, pa.Array | None]) -> None:
+    def wants(self, view: str) -> bool:
+        """Whether batches applied to `view` should say which keys they changed."""
+        return view in self._hot_views
+
+    def touched(self, touched: dict[str, pa.Array | None]) -> None:
         """The follower committed a batch: drop the hot rows of the keys it changed."""
         with self._store_lock:
             self._touches += 1
@@ -350,4 +353,5 @@ class QueryLayer:
         return refuse
 
     def close(self) -> None:
+        self.projections.unlisten(self)
         self.pool.close()
