@@ -163,11 +163,13 @@ class BytewaxCollector(Collector):
         return [f for f in text_string_to_metric_families(text) if f.name.startswith("bytewax_")]
 
 
-def enable_bytewax_metrics(registry: CollectorRegistry) -> None:
+def enable_bytewax_metrics(registry: CollectorRegistry, data: Path) -> None:
     """Turn on bytewax's web server for the flow this process runs, on a free port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "1"
     os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(port)
+    # It also writes the dataflow's shape to this file (default: the working directory).
+    os.environ["BYTEWAX_DATAFLOW_API_CACHE_PATH"] = str(data / "bytewax-dataflow.json")
     registry.register(BytewaxCollector(port))

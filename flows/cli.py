@@ -375,7 +375,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console)
     if args.bytewax_metrics:
         if args.processes > 1:
             raise UsageError("--bytewax-metrics: only with one process")
-        enable_bytewax_metrics(registry)
+        enable_bytewax_metrics(registry, args.data)
     endpoints = None
     if args.metrics_port >= 0:
         ready = run_readiness(args.data, args.ready_lag)
