@@ -170,6 +170,7 @@ def enable_bytewax_metrics(registry: CollectorRegistry, data: Path) -> None:
         port = s.getsockname()[1]
     os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "1"
     os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(port)
-    # It also writes the dataflow's shape to this file (default: the working directory).
-    os.environ["BYTEWAX_DATAFLOW_API_CACHE_PATH"] = str(data / "bytewax-dataflow.json")
+    # It also writes the dataflow's shape, as dataflow.json in this directory (default:
+    # the working directory).
+    os.environ["BYTEWAX_DATAFLOW_API_CACHE_PATH"] = str(data)
     registry.register(BytewaxCollector(port))
