@@ -137,6 +137,9 @@ def projections_follow(data: Path, domain: str, console: Console, max_events: in
         projections, reader = _open(data, domain)
     except ProjectionsBusy as err:
         console.print(f"views not maintained by this run: {err}", highlight=False)
+        # Leave once the run closes the pipe: exiting with the reader thread still in
+        # its read of stdin kills the interpreter at shutdown.
+        stop.wait()
         return 0
     try:
         follow(projections, reader, data, stop, max_events=max_events)
