@@ -34,6 +34,7 @@ from connectors import (
     kafka_source,
 )
 from connectors._framing import CHUNK_BYTES
+from connectors._stream import GROW, SHRINK, BatchSize
 from store import ArrowLog, Layout, LogConfig, NewEvent, partition_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +88,9 @@ def test_a_jsonl_file_reads_back_exactly_in_batches(tmp_path: Path) -> None:
     batches = run_source(JsonLinesSource(path, batch_size=1000))
 
     assert flatten(batches) == (records, offsets)
-    assert all(1 <= len(b.records) <= 1000 for b in batches)
+    # A file is a backlog: batches start at the configured size and grow.
+    sizes = [len(b.records) for b in batches]
+    assert sizes[0] == 1000 and max(sizes) > 1000 and max(sizes) <= 1000 * GROW
     assert all(len(b.records) == len(b.offsets) for b in batches)
     assert {(b.source, b.format) for b in batches} == {(str(path), "json")}
 
@@ -109,7 +112,7 @@ def test_a_directory_is_one_partition_per_jsonl_file(tmp_path: Path) -> None:
     }
     assert by_file == {"a.jsonl": (a, offsets_a), "b.jsonl": (b, offsets_b)}
     assert sum(len(x.records) for x in batches) == 8  # nothing from notes.txt
-    assert max(len(x.records) for x in batches) == 2
+    assert all(len(x.records) == 2 for x in batches[:2])  # then they grow: a backlog
 
 
 def test_blank_lines_crlf_and_a_last_line_without_newline(tmp_path: Path) -> None:
@@ -148,8 +151,9 @@ def test_reading_resumes_from_a_snapshot(tmp_path: Path, fmt: str) -> None:
     read = first.next_batch() + first.next_batch()
     snapshot = first.snapshot()
     first.close()
-    # Mid-chunk: the snapshot is the first record not emitted, not the end of the read.
-    assert snapshot == offsets[14]
+    # Mid-chunk: the snapshot is the first record not emitted, not the end of the read
+    # (7 records, then 14: the size grows while more are waiting).
+    assert snapshot == offsets[7 + 14]
 
     resumed = source.build_part("in", path.name, snapshot)
     rest = drain(resumed)
@@ -184,7 +188,7 @@ def test_msgpack_objects_read_back_as_their_own_bytes(tmp_path: Path) -> None:
 
     assert flatten(batches) == (records, offsets)
     assert {(b.source, b.format) for b in batches} == {(str(path), "msgpack")}
-    assert max(len(b.records) for b in batches) == 500
+    assert len(batches[0].records) == 500
 
 
 def test_a_directory_of_msgpack_files(tmp_path: Path) -> None:
@@ -266,7 +270,7 @@ def test_stdin_is_read_in_batches_by_a_real_flow(tmp_path: Path, fmt: str) -> No
     assert done.returncode == 0, done.stderr.decode()
     batches = json.loads(done.stdout)
     assert {(source, f) for source, f, _, _ in batches} == {("stdin", fmt)}
-    assert all(1 <= len(recs) <= 2 for _, _, recs, _ in batches)
+    assert len(batches[0][2]) <= 2 and all(recs for _, _, recs, _ in batches)
     assert [bytes.fromhex(r) for _, _, recs, _ in batches for r in recs] == records
     assert [o for _, _, _, offs in batches for o in offs] == offsets
 
@@ -466,3 +470,15 @@ def test_kafka_without_its_extra_names_the_install_command(monkeypatch: pytest.M
     with pytest.raises(MissingExtraError, match=r"pip install 'cqrsflow\[kafka\]'") as caught:
         kafka_source(["localhost:9092"], ["commands"])
     assert isinstance(caught.value, ImportError)
+
+
+def test_the_batch_size_grows_under_a_backlog_and_shrinks_when_input_is_sparse() -> None:
+    size = BatchSize(1000)
+    for _ in range(10):  # full batches with more waiting
+        size.taken(size.current, left=50_000)
+    assert size.current == 1000 * GROW
+    size.taken(size.current, left=0)  # took exactly what there was: no change
+    assert size.current == 1000 * GROW
+    for _ in range(20):  # a few records at a time
+        size.taken(3, left=0)
+    assert size.current == 1000 // SHRINK
