@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from flows._metrics import THROTTLED, THROTTLED_SECONDS
-from queries._follow import read_published
+from queries._follow import published_positions, read_published
 
 _CHECK_EVERY = 0.1  # seconds between reads of the published positions
 _STALE_AFTER = 30.0  # seconds without a report after which a follower is taken as gone
@@ -33,7 +33,7 @@ class Backpressure:
         if published is None or time.time() - float(published["at"]) > _STALE_AFTER:
             self._applied = None
         else:
-            self._applied = {int(p): int(n) for p, n in published["positions"].items()}
+            self._applied = published_positions(published)
 
     def _behind(self, partition: int, end: int) -> bool:
         now = time.monotonic()

@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from queries import Projections
-from queries._follow import PublishedCollector, read_published
+from queries._follow import PublishedCollector, published_views, read_published
+from queries._lag import Lag, view_lags
 from queries._metrics import MAINTENANCE_SECONDS, VIEW_EVENTS, PoolCollector, ViewsCollector
 from queries._pool import PoolStats
 from store import LogDiskCollector, LogReader
@@ -63,8 +64,7 @@ def run_readiness(data: Path, lag_seconds: float) -> Callable[[], str | None]:
         published = read_published(data)
         if published is None:
             return "the views' follower has not reported yet"
-        reader = LogReader.open(data)
-        lags = _lags(ViewsCollector(reader, lambda: _views(published)))
+        lags = view_lags(LogReader.open(data), published_views(published))
         return _too_far(lags, lag_seconds)
 
     return ready
@@ -86,27 +86,13 @@ def serve_readiness(
 ) -> Callable[[], str | None]:
     def ready() -> str | None:
         # A reader of its own: the scrape runs on the endpoint's thread.
-        collector = ViewsCollector(LogReader.open(data), projections.live_positions)
-        return _too_far(_lags(collector), lag_seconds)
+        return _too_far(view_lags(LogReader.open(data), projections.live_positions()), lag_seconds)
 
     return ready
 
 
-def _views(published: dict[str, object]) -> dict[str, dict[int, int]]:
-    views = published.get("views", {})
-    assert isinstance(views, dict)
-    return {v: {int(p): int(n) for p, n in pos.items()} for v, pos in views.items()}
-
-
-def _lags(collector: ViewsCollector) -> dict[str, float]:
-    for family in collector.collect():
-        if family.name == "cqrsflow_view_lag_seconds":
-            return {s.labels["view"]: s.value for s in family.samples}
-    return {}
-
-
-def _too_far(lags: dict[str, float], bound: float) -> str | None:
-    behind = {v: lag for v, lag in lags.items() if lag > bound}
+def _too_far(lags: dict[str, Lag], bound: float) -> str | None:
+    behind = {v: lag.seconds for v, lag in lags.items() if lag.seconds > bound}
     if not behind:
         return None
     views = ", ".join(

@@ -30,22 +30,18 @@ from queries import Projections
 from queries._flight import FlightQueryClient, FlightQueryServer
 from queries._follow import follow
 from queries._service import QueryLayer
-from store import LogReader
+from store import LogReader, Position
 
 
 def parse_after(values: list[str] | None) -> dict[int, int] | None:
-    """``--after 2:1234`` (a result's `position`), repeatable or comma-separated."""
+    """``--after 2:1234`` (a result's `position`), repeatable or comma-separated: the
+    latest position asked for in each partition."""
     if not values:
         return None
     after: dict[int, int] = {}
-    for value in (v for given in values for v in given.split(",")):
-        partition, sep, offset = value.partition(":")
-        if not sep or not partition.isdigit() or not offset.isdigit():
-            raise ValueError(
-                f"--after {value!r}: expected PARTITION:POSITION as in a result's "
-                "`position`, e.g. 2:1234"
-            )
-        after[int(partition)] = max(after.get(int(partition), 0), int(offset))
+    for value in (v.strip() for given in values for v in given.split(",")):
+        position = Position.parse(value)
+        after[position.partition] = max(after.get(position.partition, 0), position.offset)
     return after
 
 

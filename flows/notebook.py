@@ -42,12 +42,13 @@ import pyarrow.compute as pc
 
 from flows._domain import Aggregate
 from flows._generate import bank_commands, encoder
+from flows._querycmd import parse_after
 from flows._runcmd import new_results
 from flows.bank import ACCOUNT, VIEWS, Account
 from queries import FlightQueryClient, Projections, ProjectionsBusy, QueryLayer, View, register_log
 from queries._projections import Declared
 from queries._tables import event_tables, quote
-from store import Layout, LogReader, Position, RecordedEvent, to_polars
+from store import Layout, LogReader, RecordedEvent, to_polars
 from store._frames import concat
 
 __all__ = ["DataDir", "bank_commands", "diff", "open_data", "run_commands", "sample_data"]
@@ -73,11 +74,7 @@ def _positions(after: Mapping[int, int] | str | None) -> dict[int, int] | None:
     """`after` as {partition: position}; a string is a result's ``"2:1041"``."""
     if after is None or isinstance(after, Mapping):
         return None if after is None else dict(after)
-    found: dict[int, int] = {}
-    for text in after.split(","):
-        position = Position.parse(text.strip())
-        found[position.partition] = max(found.get(position.partition, 0), position.offset)
-    return found
+    return parse_after([after])
 
 
 class DataDir(Generic[S]):

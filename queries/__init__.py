@@ -19,9 +19,10 @@ from queries._errors import (
 from queries._flight import FlightQueryClient, FlightQueryServer, QueryService
 from queries._follow import follow, read_watermark
 from queries._guard import check_read_only, harden
+from queries._lag import Lag
 from queries._planner import Plan, Planner
 from queries._pool import ConnectionPool, PoolStats
-from queries._projections import Lag, Projections, PythonProjection, View
+from queries._projections import Projections, PythonProjection, View
 from queries._service import QueryLayer
 from queries._tables import event_tables, register_log
 from queries._viewdef import Aggregation, Column, ViewDef, parse_view

@@ -15,7 +15,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +88,23 @@ def read_watermark(data_dir: Path) -> dict[int, int] | None:
     stored = read_published(data_dir)
     if stored is None:
         return None
-    return _positions(stored["positions"])
+    return published_positions(stored)
 
 
 def _positions(stored: dict[str, int]) -> dict[int, int]:
     return {int(p): int(v) for p, v in stored.items()}
+
+
+def published_positions(published: Mapping[str, Any]) -> dict[int, int]:
+    """The positions every view had applied, from what `read_published` returned."""
+    return _positions(published["positions"])
+
+
+def published_views(
+    published: Mapping[str, Any], which: str = "views"
+) -> dict[str, dict[int, int]]:
+    """Each live view's positions (``which="building"``: each version being built)."""
+    return {v: _positions(p) for v, p in published.get(which, {}).items()}
 
 
 class PublishedCollector(Collector):
@@ -105,10 +117,10 @@ class PublishedCollector(Collector):
         self._published: dict[str, Any] = {}
 
     def _live(self) -> dict[str, dict[int, int]]:
-        return {v: _positions(p) for v, p in self._published.get("views", {}).items()}
+        return published_views(self._published)
 
     def _building(self) -> dict[str, dict[int, int]]:
-        return {v: _positions(p) for v, p in self._published.get("building", {}).items()}
+        return published_views(self._published, "building")
 
     def describe(self) -> list[Metric]:
         return []  # registering must not scrape: the data may not be there yet

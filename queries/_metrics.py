@@ -9,13 +9,13 @@ follower of another process published.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from queries._lag import view_lags
 from queries._pool import PoolStats
 from store import LogReader
 
@@ -69,9 +69,6 @@ class ViewsCollector(Collector):
         return []  # registering must not scrape: the data may not be there yet
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        self._reader.refresh()
-        end = self._reader.watermarks()
-        total = sum(end.values())
         events = GaugeMetricFamily(
             "cqrsflow_view_lag_events", "Log events the view has not applied", labels=["view"]
         )
@@ -83,25 +80,17 @@ class ViewsCollector(Collector):
             "0 to 1 while a new version is built beside the live one",
             labels=["view"],
         )
-        now = time.time()
-        for view, applied in self._positions().items():
-            behind = {p: applied.get(p, 0) for p in end if applied.get(p, 0) < end[p]}
-            events.add_metric([view], sum(end[p] - at for p, at in behind.items()))
-            oldest = [written_at(self._reader, p, at) for p, at in behind.items()]
-            seconds.add_metric([view], max(0.0, now - min(oldest)) if oldest else 0.0)
+        for view, lag in view_lags(self._reader, self._positions()).items():
+            events.add_metric([view], lag.events)
+            seconds.add_metric([view], lag.seconds)
+        end = self._reader.watermarks()  # as `view_lags` refreshed it
+        total = sum(end.values())
         for view, applied in self._building().items():
             done = sum(min(applied.get(p, 0), end[p]) for p in end)
             progress.add_metric([view], done / total if total else 1.0)
         yield events
         yield seconds
         yield progress
-
-
-def written_at(reader: LogReader, partition: int, position: int) -> float:
-    """When the event at `position` was written (seconds since the epoch)."""
-    for batch in reader.partition(partition).batches(position):
-        return float(batch.column("timestamp")[0].value) / 1e6
-    return time.time()
 
 
 class PoolCollector(Collector):

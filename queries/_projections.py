@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -28,7 +28,8 @@ import pyarrow as pa
 
 from queries._delta import DELTA, delta_select, merge_statements
 from queries._errors import ProjectionsBusy, QueryError, ViewDefinitionError
-from queries._metrics import MAINTENANCE_SECONDS, VIEW_EVENTS, written_at
+from queries._lag import Lag, view_lags
+from queries._metrics import MAINTENANCE_SECONDS, VIEW_EVENTS
 from queries._tables import event_tables, log_layouts, quote
 from queries._viewdef import ViewDef, parse_view
 from store import Layout, LogReader
@@ -81,15 +82,6 @@ class KeyListener(Protocol):
     def wants(self, view: str) -> bool: ...
 
     def touched(self, keys: dict[str, pa.Array | None]) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Lag:
-    """How far a view is behind the log: events not applied yet, and the age of the
-    oldest of them in seconds (0 when caught up)."""
-
-    events: int
-    seconds: float
 
 
 @dataclass(slots=True)
@@ -580,20 +572,7 @@ class Projections:
 
     def lag(self, reader: LogReader) -> dict[str, Lag]:
         """Each live view's lag behind the log as read now."""
-        reader.refresh()
-        end = reader.watermarks()
-        now = time.time()
-        lags = {}
-        for t in self._targets:
-            if not t.live:
-                continue
-            events = sum(max(0, end[p] - t.checkpoint[p]) for p in end)
-            oldest = [
-                written_at(reader, p, t.checkpoint[p]) for p in end if end[p] > t.checkpoint[p]
-            ]
-            seconds = max(0.0, now - min(oldest)) if oldest else 0.0
-            lags[t.declared.name] = Lag(events, seconds)
-        return lags
+        return view_lags(reader, self.live_positions())
 
     def close(self) -> None:
         self.con.close()
@@ -628,7 +607,7 @@ def _read(
     for p in behind:
         batches = []
         rows = 0
-        for batch in _batches(reader, p, start[p]):
+        for batch in reader.partition(p).batches(start[p]):
             batches.append(batch)
             rows += batch.num_rows
             if rows >= share:
@@ -649,7 +628,3 @@ def _table(batches: list[pa.RecordBatch]) -> pa.Table:
             runs.append([b])
     tables = [pa.Table.from_batches(run) for run in runs]
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
-
-
-def _batches(reader: LogReader, partition: int, start: int) -> Iterator[pa.RecordBatch]:
-    return reader.partition(partition).batches(start)
