@@ -176,17 +176,28 @@ def bench_write(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
 
 def build_log(directory: Path, scale: Scale, progress: Report) -> None:
     """A log of `scale.log_events` bank events with one hot aggregate spread through it."""
-    layout = bank.layout()
-    hot_every = scale.log_events // scale.hot_events
-    with ArrowLog.open(directory, layout, LogConfig(fsync=Fsync.NEVER)) as log:
-        for i, batch in enumerate(
-            bank_batches(
-                scale.log_events, accounts=max(scale.log_events // 10, 1), hot_every=hot_every
-            )
-        ):
+    events = scale.log_events
+    write_bank_log(
+        directory, events, max(events // 10, 1), progress, hot_every=events // scale.hot_events
+    )
+
+
+def write_bank_log(
+    directory: Path,
+    events: int,
+    accounts: int,
+    progress: Report,
+    *,
+    hot_every: int = 0,
+    partitions: int | None = None,
+) -> None:
+    """A log of `events` bank events over `accounts` accounts (see `bank_batches`)."""
+    config = LogConfig(partitions=partitions, fsync=Fsync.NEVER)
+    with ArrowLog.open(directory, bank.layout(), config) as log:
+        for i, batch in enumerate(bank_batches(events, accounts, hot_every=hot_every)):
             log.append(batch)
             if i % 100 == 0:
-                progress(f"building a {scale.log_events:,}-event log", i * BATCH, scale.log_events)
+                progress(f"building a {events:,}-event log", i * BATCH, events)
 
 
 def raw_scan(directory: Path) -> int:

@@ -21,10 +21,10 @@ import pyarrow as pa
 
 from flows import bank
 from flows._bench import Figure, interleaved, rate, timed
-from flows._bench_store import BATCH, bank_batches
+from flows._bench_store import write_bank_log
 from flows._progress import Report
 from queries import Projections, View
-from store import ArrowLog, Fsync, LogConfig, LogReader
+from store import LogReader
 
 # What `cqrsflow run` gives a new log, so each micro-batch is cut from four partitions.
 PARTITIONS = 4
@@ -76,16 +76,6 @@ ON CONFLICT (account) DO UPDATE SET
 _TOTALS = "SELECT count(*), sum(balance), sum(deposits), sum(withdrawals), max(version) FROM {}"
 
 
-def build_log(directory: Path, scale: ViewScale, progress: Report) -> None:
-    """A log of `scale.events` bank events over `scale.accounts` accounts."""
-    config = LogConfig(partitions=PARTITIONS, fsync=Fsync.NEVER)
-    with ArrowLog.open(directory, bank.layout(), config) as log:
-        for i, batch in enumerate(bank_batches(scale.events, scale.accounts)):
-            log.append(batch)
-            if i % 100 == 0:
-                progress(f"building a {scale.events:,}-event log", i * BATCH, scale.events)
-
-
 def micro_batches(reader: LogReader, max_events: int) -> list[pa.Table]:
     """The log cut as `catch_up(max_events=...)` cuts it: each micro-batch takes whole
     stored batches from every partition still behind, its share of `max_events` each."""
@@ -122,7 +112,7 @@ def _totals(con: duckdb.DuckDBPyConnection, table: str) -> tuple[object, ...]:
 
 def bench_projections(scale: ViewScale, workdir: Path, progress: Report) -> list[Figure]:
     directory = Path(tempfile.mkdtemp(dir=workdir))
-    build_log(directory, scale, progress)
+    write_bank_log(directory, scale.events, scale.accounts, progress, partitions=PARTITIONS)
     reader = LogReader.open(directory)
     # Cutting the baseline's batches also reads every stored batch once: an open log
     # keeps them parsed, so neither side pays for the first read of the files.
