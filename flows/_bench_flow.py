@@ -141,7 +141,12 @@ def bench_commands(scale: Scale, workdir: Path, progress: Report) -> list[Figure
             "lower",
             target=target,
         )
-        for name, q, target in (("p50", 0.5, 2.0), ("p99", 0.99, 20.0), ("p99.9", 0.999, 50.0))
+        for name, q, target in (
+            ("p50", 0.5, 2.0),
+            ("p95", 0.95, None),
+            ("p99", 0.99, 20.0),
+            ("p99.9", 0.999, 50.0),
+        )
     ]
     return [
         *lat,
