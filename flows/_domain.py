@@ -4,7 +4,8 @@ An `Aggregate` is plain functions and values, no base classes:
 
 - commands are frozen `msgspec.Struct`s (so that a record's ``data`` is validated at
   the edge, with the field, the value and the expected type in the error);
-- events are frozen dataclasses (their annotations become the log's typed columns);
+- events are frozen dataclasses or frozen `msgspec.Struct`s (their annotations become
+  the log's typed columns; Structs are several times cheaper to build);
 - ``decide(command, state)`` returns the events the command causes, or `Rejected`;
 - ``evolve(state, event)`` returns the next state; ``initial`` is the state before
   the first event. The state is a frozen dataclass or Struct that msgspec can turn

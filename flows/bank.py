@@ -9,7 +9,6 @@ closes only at a zero balance; a closed account accepts nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -45,26 +44,25 @@ class CloseAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 # -- events --------------------------------------------------------------------
+# Events and the state are frozen msgspec Structs rather than frozen dataclasses: they
+# are built once per event on the hot path, in C, at an eighth of a dataclass's cost.
+# gc=False: they hold only strings and numbers, so they can never be part of a cycle.
 
 
-@dataclass(frozen=True, slots=True)
-class AccountOpened:
+class AccountOpened(msgspec.Struct, frozen=True, gc=False):
     owner: str
     overdraft_limit: int
 
 
-@dataclass(frozen=True, slots=True)
-class Deposited:
+class Deposited(msgspec.Struct, frozen=True, gc=False):
     amount: int
 
 
-@dataclass(frozen=True, slots=True)
-class Withdrawn:
+class Withdrawn(msgspec.Struct, frozen=True, gc=False):
     amount: int
 
 
-@dataclass(frozen=True, slots=True)
-class AccountClosed:
+class AccountClosed(msgspec.Struct, frozen=True, gc=False):
     pass
 
 
@@ -74,8 +72,7 @@ EVENTS: tuple[type, ...] = (AccountOpened, Deposited, Withdrawn, AccountClosed)
 # -- the decider ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Account:
+class Account(msgspec.Struct, frozen=True, gc=False):
     status: Literal["new", "open", "closed"] = "new"
     owner: str = ""
     balance: int = 0
@@ -107,8 +104,8 @@ def decide(command: Any, state: Account) -> Decision:
 
 
 def evolve(state: Account, event: Any) -> Account:
-    # Plain constructor calls: dataclasses.replace costs five times as much, and this
-    # runs once per event on the hot path.
+    # Plain constructor calls: msgspec.structs.replace costs more, and this runs once
+    # per event on the hot path.
     if isinstance(event, Deposited):
         return Account(
             state.status, state.owner, state.balance + event.amount, state.overdraft_limit

@@ -49,6 +49,7 @@ import pyarrow as pa
 
 from store._errors import SchemaError
 from store._model import NewEvent, RecordedEvent
+from store._records import is_record_class, record_fields
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"cqrsflow.layout"
@@ -186,13 +187,16 @@ class Layout:
 
     @classmethod
     def from_classes(cls, aggregates: Mapping[str, Sequence[type]]) -> Layout:
-        """Derive the layout from event dataclasses grouped by aggregate type."""
+        """Derive the layout from event classes (dataclasses or msgspec Structs)
+        grouped by aggregate type."""
         found: list[tuple[str, str, type, list[tuple[str, pa.DataType, bool]]]] = []
         seen: dict[str, str] = {}
         for aggregate_type, classes in aggregates.items():
             for event_cls in classes:
-                if not dataclasses.is_dataclass(event_cls):
-                    raise SchemaError(f"event class {event_cls!r}: expected a dataclass")
+                if not is_record_class(event_cls):
+                    raise SchemaError(
+                        f"event class {event_cls!r}: expected a dataclass or a msgspec.Struct"
+                    )
                 name = event_cls.__name__
                 if name in seen:
                     raise SchemaError(
@@ -200,10 +204,7 @@ class Layout:
                         f"{aggregate_type!r}: event type names must be unique"
                     )
                 seen[name] = aggregate_type
-                hints = typing.get_type_hints(event_cls)
-                fields = [
-                    (f.name, *_field_type(hints[f.name])) for f in dataclasses.fields(event_cls)
-                ]
+                fields = [(n, *_field_type(t)) for n, t in record_fields(event_cls)]
                 found.append((aggregate_type, name, event_cls, fields))
         # A field name gets its own column unless its type clashes with a column
         # already claimed under that name (or with an envelope column).

@@ -10,7 +10,6 @@ discarded rather than misread.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import struct
@@ -23,6 +22,7 @@ from typing import Any
 import msgpack
 
 from store._errors import translate_os_error
+from store._records import is_record_class, record_fields
 
 _MAGIC = b"CQSS"
 _HEADER = struct.Struct("<4sII")  # magic, format, crc32 of the body
@@ -59,9 +59,8 @@ def fingerprint(state_type: type) -> str:
 
 
 def _shape(tp: Any) -> str:
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        hints = typing.get_type_hints(tp)
-        inner = ",".join(f"{f.name}:{_shape(hints[f.name])}" for f in dataclasses.fields(tp))
+    if is_record_class(tp):
+        inner = ",".join(f"{name}:{_shape(t)}" for name, t in record_fields(tp))
         return f"{tp.__qualname__}({inner})"
     args = typing.get_args(tp)
     if args:
