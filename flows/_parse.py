@@ -23,6 +23,9 @@ Format = Literal["json", "msgpack"]
 MAX_RECORD_BYTES = 64 * 1024
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
+# msgspec checks a pattern by calling Python's `re` per string: 0.8 us of a 2.3 us
+# decode. The one-pass decoder leaves NUL out and `Parser.parse` checks it with `in`.
+_FastId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
 _Version = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
@@ -44,8 +47,8 @@ def _typed_records(commands: dict[str, type]) -> Any:
         msgspec.defstruct(
             f"{name}Record",
             [
-                ("command_id", _Id),
-                ("aggregate_id", _Id),
+                ("command_id", _FastId),
+                ("aggregate_id", _FastId),
                 ("data", cls),
                 ("expected_version", _Version | None, None),
                 ("correlation_id", _Correlation | None, None),
@@ -114,9 +117,10 @@ class Parser:
         if len(raw) <= self.max_record_bytes:
             try:  # the common case: a valid record, decoded and checked in one pass
                 r = self._fast[fmt].decode(raw)
-                return Command(
-                    r.command_id, r.aggregate_id, r.data, r.expected_version, r.correlation_id
-                )
+                if "\x00" not in r.command_id and "\x00" not in r.aggregate_id:
+                    return Command(
+                        r.command_id, r.aggregate_id, r.data, r.expected_version, r.correlation_id
+                    )
             except _UNDECODABLE:
                 pass  # the slower path below says exactly what is wrong
         return self._explain(raw, fmt)
