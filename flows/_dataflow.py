@@ -13,6 +13,7 @@ touches is here, behind `command_flow` and `run_flow`.
 from __future__ import annotations
 
 import gc
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,6 +88,10 @@ def _parse(parser: Parser, partitions: int) -> Callable[[RawBatch], Parsed]:
     return parse
 
 
+_PAYLOAD = operator.itemgetter(2)  # Command.payload
+_STATUS = operator.attrgetter("status")
+
+
 def _clock() -> int:
     return time.time_ns() // 1000
 
@@ -125,7 +130,7 @@ class _ShardLogic(StatefulBatchLogic[ShardBatch, list[Result], int]):
         results = self._shard.handle(commands)
         observe_many(LATENCY, time.monotonic() - min(v.received for v in values), len(commands))
         BATCH_SIZE.set(len(commands))
-        count_commands([type(c.payload).__name__ for c in commands], [r.status for r in results])
+        count_commands(map(type, map(_PAYLOAD, commands)), map(_STATUS, results))
         return [results], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> int:

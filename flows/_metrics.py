@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter as Tally
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -53,8 +54,11 @@ def observe_many(histogram: Histogram, value: float, n: int) -> None:
 _COMMANDS_BY: dict[tuple[str, str], Any] = {}
 
 
-def count_commands(types: list[str], outcomes: list[str]) -> None:
-    for key, n in Tally(zip(types, outcomes, strict=True)).items():
+def count_commands(types: Iterable[type | str], outcomes: Iterable[str]) -> None:
+    """Count commands by type (a payload class or a name) and outcome. Classes are
+    tallied as they come, at C speed, and named once per distinct key."""
+    for (kind, outcome), n in Tally(zip(types, outcomes, strict=True)).items():
+        key = (kind if isinstance(kind, str) else kind.__name__, outcome)
         child = _COMMANDS_BY.get(key)
         if child is None:
             child = _COMMANDS_BY[key] = COMMANDS.labels(type=key[0], outcome=key[1])

@@ -52,7 +52,7 @@ from store import (
 class ShardConfig:
     cache_size: int = 100_000  # aggregates kept in memory by one shard
     snapshot_every: int = 100  # events between snapshots of an aggregate
-    remembered: int = 100_000  # accepted commands a shard remembers, for idempotency
+    remembered: int = 100_000  # at least this many accepted commands are remembered
 
 
 class _Entry:
@@ -91,9 +91,12 @@ class Shard:
         self._state_type = type(aggregate.initial)
         self._fingerprint = fingerprint(self._state_type)
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
-        # Oldest first. An OrderedDict, because evicting the oldest key of a plain dict
-        # walks over every slot deleted before it: quadratic once the table is full.
-        self._recent: OrderedDict[str, Result] = OrderedDict()
+        # The remembered results, in two generations: when the young one is full it
+        # becomes the old one and the old one is dropped, so between `remembered` and
+        # twice that many are kept. Plain dicts: a third of an OrderedDict's cost per
+        # command, and no per-entry eviction.
+        self._recent: dict[str, Result] = {}
+        self._older: dict[str, Result] = {}
         self.replayed: dict[str, Result] = {}
         self.rehydrations = 0
         self.evictions = 0
@@ -129,67 +132,75 @@ class Shard:
             self._rehydrate(cold)
         results: list[Result | None] = [None] * len(commands)
         pending: dict[str, tuple[Any, int]] = {}
-        in_batch: dict[str, int] = {}  # command id -> index, for a command sent twice
         staged: list[NewEvent] = []
-        staged_by: list[tuple[int, int, int, list[str]]] = []  # index, first, count, types
+        staged_by: list[tuple[int, int, list[str]]] = []  # command index, last event, types
+        # Which commands were answered before, and which come twice in this batch: found
+        # with set operations for the whole batch, so a fresh command costs no lookups.
+        ids = [c.command_id for c in commands]
+        unique = set(ids)
+        known = (unique & self._recent.keys()) | (unique & self._older.keys())
+        if self.replayed:
+            known |= unique & self.replayed.keys()
+        in_batch: dict[str, int] | None = {} if len(unique) < len(ids) else None
         now = self._clock()
         decide, evolve = self.aggregate.decide, self.aggregate.evolve
-        replayed, recent = self.replayed, self._recent
         for i, command in enumerate(commands):
-            command_id = command.command_id
-            agg = command.aggregate_id
-            entry = cache[agg]
-            known = recent.get(command_id)
-            if known is None and replayed:
-                known = replayed.get(command_id)
-            if known is not None:
-                results[i] = known
+            command_id, agg, payload, expected, correlation = command
+            if known and command_id in known:
+                results[i] = self._answered(command_id)
                 continue
-            if command_id in in_batch:
-                continue  # answered below with the first one's result
-            in_batch[command_id] = i
+            if in_batch is not None:
+                if command_id in in_batch:
+                    continue  # answered below with the first one's result
+                in_batch[command_id] = i
             tentative = pending.get(agg)
-            state, version = (entry.state, entry.version) if tentative is None else tentative
-            expected = command.expected_version
+            if tentative is None:
+                entry = cache[agg]
+                state, version = entry.state, entry.version
+            else:
+                state, version = tentative
             if expected is not None and expected != version:
                 results[i] = _rejected(
                     command, f"expected version {expected}, but {agg} is at version {version}"
                 )
                 continue
             try:
-                decision = decide(command.payload, state)
+                decision = decide(payload, state)
                 if isinstance(decision, Rejected):
                     results[i] = _rejected(command, decision.reason)
                     continue
-                events = list(decision)
-                for event in events:
+                if type(decision) is not list:  # a tuple, a generator: iterated twice below
+                    decision = list(decision)
+                for event in decision:
                     state = evolve(state, event)
             except Exception as err:  # a faulty decider rejects this command only
                 results[i] = _rejected(command, f"the decider raised {type(err).__name__}: {err}")
                 continue
-            if not events:
-                results[i] = Result(command.command_id, "accepted", agg, version, None, [])
+            if not decision:
+                results[i] = Result(command_id, "accepted", agg, version, None, [])
                 continue
-            first = len(staged)
-            for k, event in enumerate(events, 1):
+            k = 0
+            for event in decision:
+                k += 1
                 staged.append(
                     NewEvent(
                         agg,
                         version + k,
                         event,
-                        event_id(command.command_id, k),
-                        command.command_id,
+                        event_id(command_id, k),
+                        command_id,
                         now,
-                        command.correlation_id,
+                        correlation,
                     )
                 )
-            pending[agg] = (state, version + len(events))
-            staged_by.append((i, first, len(events), [type(e).__name__ for e in events]))
+            pending[agg] = (state, version + k)
+            staged_by.append((i, len(staged) - 1, [e.__class__.__name__ for e in decision]))
         if staged:
             self._append(commands, staged, staged_by, pending, results)
-        for i, command in enumerate(commands):
-            if results[i] is None:  # the same command id twice in one batch
-                results[i] = results[in_batch[command.command_id]]
+        if in_batch is not None:
+            for i, command in enumerate(commands):
+                if results[i] is None:  # the same command id twice in one batch
+                    results[i] = results[in_batch[command.command_id]]
         self._evict()
         CACHE_SIZE.inc(len(cache) - size)
         return results  # type: ignore[return-value]
@@ -198,7 +209,7 @@ class Shard:
         self,
         commands: Sequence[Command],
         staged: list[NewEvent],
-        staged_by: list[tuple[int, int, int, list[str]]],
+        staged_by: list[tuple[int, int, list[str]]],
         pending: dict[str, tuple[Any, int]],
         results: list[Result | None],
     ) -> None:
@@ -214,22 +225,25 @@ class Shard:
             conflicted = {c.aggregate_id: str(c) for c in err.conflicts}
         else:
             conflicted = {}
-        for i, first, count, types in staged_by:
+        texts = positions.texts()
+        recent = self._recent
+        for i, last, types in staged_by:
             command = commands[i]
             agg = command.aggregate_id
-            if agg in conflicted:
+            if conflicted and agg in conflicted:
                 results[i] = _rejected(command, conflicted[agg])
                 continue
-            last = positions.text(first + count - 1)
-            version = staged[first + count - 1].version
-            result = Result(command.command_id, "accepted", agg, version, last, types)
-            results[i] = result
-            self._remember(command.command_id, result)
+            command_id = command.command_id
+            result = Result(command_id, "accepted", agg, staged[last].version, texts[last], types)
+            results[i] = recent[command_id] = result
+        if len(recent) >= self.config.remembered:
+            self._older, self._recent = recent, {}
+        cache, due = self._cache, self.policy.due
         for agg, (state, version) in pending.items():
             if agg in conflicted:
                 continue
-            entry = self._cache[agg]
-            if self.policy.due(entry.version, version):
+            entry = cache[agg]
+            if due(entry.version, version):
                 builtins = msgspec.to_builtins(state)
                 self.snapshots.save(agg, version, builtins, self._fingerprint)
             entry.state, entry.version = state, version
@@ -272,11 +286,14 @@ class Shard:
         for command_id, result in found.items():
             self._remember(command_id, result)
 
+    def _answered(self, command_id: str) -> Result:
+        found = self._recent.get(command_id) or self._older.get(command_id)
+        return found if found is not None else self.replayed[command_id]
+
     def _remember(self, command_id: str, result: Result) -> None:
-        recent = self._recent
-        recent[command_id] = result
-        if len(recent) > self.config.remembered:
-            recent.popitem(last=False)
+        self._recent[command_id] = result
+        if len(self._recent) >= self.config.remembered:
+            self._older, self._recent = self._recent, {}
 
     def _evict(self) -> None:
         cache = self._cache

@@ -127,6 +127,14 @@ class Positions(Sequence[Position]):
         p = self._partitions if isinstance(self._partitions, int) else self._partitions[i]
         return f"{p}:{offset}"
 
+    def texts(self) -> list[str | None]:
+        """Every position as ``partition:offset`` (None where not appended)."""
+        p = self._partitions
+        if isinstance(p, int):
+            prefix = f"{p}:"
+            return [None if o is None else prefix + str(o) for o in self._offsets]
+        return [None if o is None else f"{q}:{o}" for q, o in zip(p, self._offsets, strict=True)]
+
     def get(self, i: int) -> Position | None:
         """The position of event i, or None if it was not appended."""
         return None if self._offsets[i] is None else self[i]
