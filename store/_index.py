@@ -21,6 +21,7 @@ Both files are derived data: a missing or damaged one is rebuilt from the segmen
 from __future__ import annotations
 
 import os
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,27 +32,47 @@ from store._errors import translate_os_error
 
 
 class ActiveIndex:
-    """Rows per aggregate in the segment being written."""
+    """Rows per aggregate in the segment being written.
+
+    Each aggregate's rows are a chain: its last row, and for every row the previous row
+    of the same aggregate. A dict entry per aggregate and four bytes per row, instead
+    of a list per aggregate and an int object per row: for the active segments of a
+    busy log that is hundreds of MB less (`cqrsflow bench commands`, peak RSS).
+    """
 
     def __init__(self) -> None:
-        self.rows: dict[str, list[int]] = {}
-        self.last_version: dict[str, int] = {}
+        self.last_row: dict[str, int] = {}
+        self.previous = array("i")  # row -> the aggregate's previous row, or -1
+        self.versions = array("q")  # row -> its version
+        self.first_row = 0  # rows below this were folded into another index
 
     def add(self, aggregate_ids: list[str], versions: list[int], first_row: int) -> None:
-        rows = self.rows
+        if not self.previous:
+            self.first_row = first_row
+        last_row = self.last_row
+        get = last_row.get
+        previous: list[int] = []
+        link = previous.append
         for row, agg in enumerate(aggregate_ids, first_row):
-            found = rows.get(agg)
-            if found is None:
-                rows[agg] = [row]
-            else:
-                found.append(row)
-        self.last_version.update(zip(aggregate_ids, versions, strict=True))
+            link(get(agg, -1))
+            last_row[agg] = row
+        self.previous.extend(previous)
+        self.versions.extend(versions)
 
     def lookup(self, aggregate_id: str) -> tuple[np.ndarray, int, int]:
         """The aggregate's rows in this segment, its last version (0 if none), and -1:
         the active segment has no hot streams."""
-        rows = np.asarray(self.rows.get(aggregate_id, ()), dtype=np.int64)
-        return rows, self.last_version.get(aggregate_id, 0), -1
+        row = self.last_row.get(aggregate_id, -1)
+        if row < 0:
+            return np.zeros(0, np.int64), 0, -1
+        first, previous = self.first_row, self.previous
+        last_version = self.versions[row - first]
+        rows = []
+        while row >= 0:
+            rows.append(row)
+            row = previous[row - first]
+        rows.reverse()
+        return np.array(rows, dtype=np.int64), last_version, -1
 
 
 HOT_ROWS = 64

@@ -127,6 +127,10 @@ class Positions(Sequence[Position]):
         p = self._partitions if isinstance(self._partitions, int) else self._partitions[i]
         return f"{p}:{offset}"
 
+    def offsets(self) -> Sequence[int | None]:
+        """Every event's offset in its partition (None where not appended)."""
+        return self._offsets
+
     def texts(self) -> list[str | None]:
         """Every position as ``partition:offset`` (None where not appended)."""
         p = self._partitions
