@@ -92,6 +92,19 @@ class PartitionReader:
         """The writer in this process appended: refresh before the next read."""
         self._stale = True
 
+    def fold_written(
+        self, segment: int, batch: int, first_row: int, ids: list[str], versions: list[int]
+    ) -> None:
+        """The writer in this process appended `batch` of the active segment (the one
+        starting at position `segment`): fold it into the active index now, with the
+        writer's own id strings, instead of decoding it back from the segment later.
+        Skipped unless the index has folded exactly the batches before it."""
+        seg = self.segments[-1] if self.segments else None
+        if seg is None or seg.files.first_position != segment or self._rows_folded != batch:
+            return
+        self._active_index.add(ids, versions, first_row)
+        self._rows_folded += 1
+
     def _catch_up(self) -> None:
         if self._stale and self.segments:
             self.segments[-1].refresh()
@@ -230,6 +243,7 @@ class PartitionReader:
         self._catch_up()
         remaining: dict[str, int | None] = dict.fromkeys(wanted)
         collected: list[tuple[SegmentReader, list[pa.RecordBatch]]] = []
+        touched: list[SegmentReader] = []
         for seg in reversed(self.segments):
             if not remaining:
                 break
@@ -263,13 +277,17 @@ class PartitionReader:
                 # One aggregate's rows need not have its id and type read at all.
                 only = scattered_from[0] if len(scattered_from) == 1 else None
                 batches.append(seg.take(np.sort(np.concatenate(scattered)), only))
+                touched.append(seg)
             if len(batches) > 1:  # hot slices and gathered rows: back into position order
                 merged = pa.Table.from_batches(batches).sort_by("position").combine_chunks()
                 batches = merged.to_batches()
             if batches:
                 collected.append((seg, batches))
         collected.reverse()
-        return [self.layout_of(seg).to_read(b) for seg, batches in collected for b in batches]
+        found = [self.layout_of(seg).to_read(b) for seg, batches in collected for b in batches]
+        for seg in touched:
+            seg.release()  # rows were copied out; a log larger than memory stays unmapped
+        return found
 
     def read_stream(self, aggregate_id: str, from_version: int = 1) -> list[pa.RecordBatch]:
         return self.read_streams({aggregate_id: from_version})
@@ -335,9 +353,10 @@ class PartitionWriter:
         batch = self.layout.encode(events, first)
         ids = [e.aggregate_id for e in events]
         if self._follows(ids, batch):  # the common case, checked without a loop per event
-            self._write(batch)
+            versions = [e.version for e in events]
+            self._write(batch, ids, versions)
             # Later events of an aggregate overwrite earlier ones: the last version wins.
-            self.versions.update(zip(ids, [e.version for e in events], strict=True))
+            self.versions.update(zip(ids, versions, strict=True))
             self._rotate_if_full()
             return range(first, first + len(events)), []
         return self._append_checked(events)
@@ -405,15 +424,20 @@ class PartitionWriter:
             positions[i] = position
         return positions, list(conflicts.values())
 
-    def _write(self, batch: pa.RecordBatch) -> None:
+    def _write(
+        self, batch: pa.RecordBatch, ids: list[str] | None = None, versions: list[int] | None = None
+    ) -> None:
         codes = batch.column(4).to_numpy()
         count_appended(self._type_names, codes)
         timestamps = batch.column(8).cast(pa.int64()).to_numpy()
         seg = self.active
+        index, row = seg.batches, self.next_position - seg.files.first_position
         seg.append(batch, codes, timestamps)
         self._dirty = True
         self.next_position += batch.num_rows
         self.reader.wrote()
+        if ids is not None and versions is not None:
+            self.reader.fold_written(seg.files.first_position, index, row, ids, versions)
 
     def _rotate_if_full(self) -> None:
         if self.active.size >= self.config.segment_bytes:
