@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import polars as pl
 import pyarrow as pa
 
 from store._layout import ENVELOPE_NAMES
+
+if TYPE_CHECKING:  # imported when used: polars costs every process ~45 MB resident
+    import polars as pl
 
 
 class _Readable(Protocol):
@@ -44,6 +46,8 @@ def concat(batches: Iterable[pa.RecordBatch]) -> pa.Table | None:
 
 def to_polars(log: _Readable, from_position: int | Mapping[int, int] = 0) -> pl.LazyFrame:
     """The log as a polars LazyFrame (no copy of the column buffers)."""
+    import polars as pl
+
     frame = pl.from_arrow(log_table(log, from_position), rechunk=False)
     assert isinstance(frame, pl.DataFrame)
     return frame.lazy()
