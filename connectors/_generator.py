@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -11,44 +12,40 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from connectors._batches import Format, RawBatch, check_batch_size, check_format
 
 
-def paced_batch_size(batch_size: int, rate: float | None) -> int:
-    """Records per batch: at a low rate, small batches, so records trickle in.
-
-    >>> paced_batch_size(1000, None), paced_batch_size(1000, 50_000), paced_batch_size(1000, 5)
-    (1000, 500, 1)
-    """
-    if rate is None:
-        return batch_size
-    return max(1, int(min(batch_size, rate / 100)))
-
-
 class _GeneratorPartition(StatefulSourcePartition[RawBatch, None]):
-    def __init__(
-        self, records: Iterator[bytes], format: Format, batch_size: int, rate: float | None
-    ) -> None:
+    def __init__(self, source: GeneratorSource, records: Iterator[bytes]) -> None:
+        self._source = source
         self._records = records
-        self._format: Format = format
-        self._batch_size = batch_size
-        self._rate = rate
         self._emitted = 0
-        self._started: datetime | None = None
+        self._started: float | None = None  # time.perf_counter() when record 0 arrived
 
     def next_batch(self) -> list[RawBatch]:
-        records = list(islice(self._records, self._batch_size))
+        size = self._source.batch_size
+        rate = self._source.rate
+        if rate is not None:
+            # Record k arrives at start + k / rate, as from a client sending steadily;
+            # a batch takes what has arrived by now (as a socket read would), so under
+            # load batches grow and when idle each record goes on its own.
+            now = time.perf_counter()
+            if self._started is None:
+                self._started = self._source.started = now
+            arrived = int((now - self._started) * rate) + 1
+            size = min(size, arrived - self._emitted)
+            if size <= 0:
+                return []
+        records = list(islice(self._records, size))
         if not records:
             raise StopIteration
         offsets = list(range(self._emitted, self._emitted + len(records)))
         self._emitted += len(records)
-        return [RawBatch("generator", self._format, records, offsets)]
+        return [RawBatch("generator", self._source.format, records, offsets)]
 
     def next_awake(self) -> datetime | None:
-        if self._rate is None:
+        if self._source.rate is None or self._started is None:
             return None
-        if self._started is None:
-            self._started = datetime.now(UTC)
-        # Due when the records so far are owed, counted from the start: a late batch is
-        # followed by an early one, so the long-run rate holds and no error accumulates.
-        return self._started + timedelta(seconds=self._emitted / self._rate)
+        # When the next record arrives.
+        due = self._started + self._emitted / self._source.rate
+        return datetime.now(UTC) + timedelta(seconds=max(0.0, due - time.perf_counter()))
 
     def snapshot(self) -> None:
         return None
@@ -57,8 +54,11 @@ class _GeneratorPartition(StatefulSourcePartition[RawBatch, None]):
 class GeneratorSource(FixedPartitionedSource[RawBatch, None]):
     """Batches of the given records, offsets numbering them from 0.
 
-    With `rate` (records per second) batches are paced so that the long-run rate is
-    `rate`. One partition; not resumable (an iterator cannot be rewound).
+    With `rate` (records per second) the records arrive as from a client sending
+    steadily: record k at `started` + k / `rate`, `started` being the
+    `time.perf_counter()` at which the first was read (for measuring latency). Each
+    batch takes the records that have arrived, up to `batch_size`. One partition; not
+    resumable (an iterator cannot be rewound).
     """
 
     def __init__(
@@ -71,12 +71,13 @@ class GeneratorSource(FixedPartitionedSource[RawBatch, None]):
         if rate is not None and not rate > 0:
             raise ValueError(f"rate={rate}: expected a positive number of records per second")
         self._records = records
-        self._format = check_format(format)
-        self._batch_size = paced_batch_size(check_batch_size(batch_size), rate)
-        self._rate = rate
+        self.format = check_format(format)
+        self.batch_size = check_batch_size(batch_size)
+        self.rate = rate
+        self.started: float | None = None
 
     def list_parts(self) -> list[str]:
         return ["generator"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _GeneratorPartition:
-        return _GeneratorPartition(iter(self._records), self._format, self._batch_size, self._rate)
+        return _GeneratorPartition(self, iter(self._records))
