@@ -270,6 +270,13 @@ class ArrowLog(LogReader):
         """Torn tails cut off when the log was opened."""
         return [r for w in self._writers.values() for r in w.recoveries]
 
+    def watermarks(self) -> dict[int, int]:
+        """As `LogReader.watermarks`; a partition written here answers from its
+        writer, without re-reading (and re-mapping) the segment it just appended to."""
+        found = super().watermarks() if len(self._writers) < len(self._partitions) else {}
+        found.update({p: w.next_position for p, w in self._writers.items()})
+        return dict(sorted(found.items()))
+
     def last_version(self, aggregate_id: str) -> int:
         p = partition_of(aggregate_id, len(self._partitions))
         writer = self._writers.get(p)
