@@ -8,7 +8,7 @@ batched from the first step: `JsonLinesSource` and `MsgpackSource` (files, resum
 """
 
 from connectors._batches import Format, RawBatch
-from connectors._errors import ConnectorError, MissingExtraError, SourceError
+from connectors._errors import ConnectorError, MissingExtraError, SinkError, SourceError
 from connectors._files import JsonLinesSource, MsgpackSource
 from connectors._generator import GeneratorSource
 from connectors._kafka import kafka_source
@@ -27,6 +27,7 @@ __all__ = [
     "MsgpackSource",
     "RawBatch",
     "Record",
+    "SinkError",
     "SourceError",
     "StdinSource",
     "kafka_source",

@@ -118,7 +118,13 @@ def new_results(data_dir: Path, before: dict[Path, int]) -> list[Result]:
     for path in sorted((data_dir / "results").glob("*.jsonl")):
         with open(path, "rb") as f:
             f.seek(before.get(path, 0))
-            found.extend(decoder.decode(line) for line in f)
+            for line in f:
+                try:
+                    found.append(decoder.decode(line))
+                except msgspec.DecodeError:
+                    # A line cut short when a crash or a full disk stopped an earlier
+                    # run (the sink ends it before appending): that result was resent.
+                    continue
     return found
 
 

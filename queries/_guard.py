@@ -197,6 +197,10 @@ def _check_node(node: exp.Expr) -> None:
     if isinstance(node, exp.Table | exp.Lateral):
         source = node.this
         if isinstance(source, exp.Func):
+            # A file reader in FROM is refused for what it does, before the general rule
+            # (the walk reaches this table before the function inside it).
+            for name in sorted(_function_names(source) & _FORBIDDEN_FUNCTIONS.keys()):
+                raise QueryRefused(f"refused: function {name}() {_FORBIDDEN_FUNCTIONS[name]}")
             if not _function_names(source) & _TABLE_FUNCTIONS:
                 name = sorted(_function_names(source))[0]
                 allowed = ", ".join(sorted(_TABLE_FUNCTIONS))

@@ -74,14 +74,19 @@ class SchemaError(StoreError):
 
 
 class StorageFullError(StoreError):
-    """The disk filled up during an append; nothing of that append is in the log."""
+    """The disk filled up during an append; the log stays readable.
+
+    Part of that append may be in the log (the partitions written before the one that
+    failed, or a batch written just before a rotation failed): appending the same
+    events again is safe, as the log recognises those it already holds by event id.
+    """
 
 
 def translate_os_error(err: OSError, what: str) -> StoreError:
     """The one place an OSError becomes a StoreError with the fix in its message."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFullError(
-            f"{what}: the disk is full ({err.strerror}); free space and retry — "
-            "the log is unchanged and still readable"
+            f"{what}: the disk is full ({err.strerror}); free space and retry the same "
+            "events (the log keeps no event twice); the log is still readable"
         )
     return StoreError(f"{what}: {err.strerror or err}")

@@ -61,6 +61,7 @@ def test_connectors_exports() -> None:
         "MsgpackSource",
         "RawBatch",
         "Record",
+        "SinkError",
         "SourceError",
         "StdinSource",
         "kafka_source",
