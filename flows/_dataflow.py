@@ -49,6 +49,10 @@ class FlowConfig:
     # Intake slows while the views are more than this many events behind a partition
     # (0: never), so a slow view costs latency, not memory.
     max_view_lag: int = 2_000_000
+    # Run with bytewax's recovery (`run_flow`): a shard that finds no snapshot of its
+    # own in a partition that holds events knows that a run crashed before its first
+    # checkpoint, and that the input starts again from its beginning.
+    recovery: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +124,8 @@ class _ShardLogic(StatefulBatchLogic[ShardBatch, list[Result], int]):
         shard = Shard(self._aggregate, log, partition, snapshots, config.shard, _clock)
         if self._resume is not None:
             shard.replay_from(self._resume)
+        elif config.recovery and shard.watermark > 0:
+            shard.replay_from(0)
         return shard
 
     def on_batch(self, values: list[ShardBatch]) -> tuple[list[list[Result]], bool]:

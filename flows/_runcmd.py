@@ -64,6 +64,7 @@ def _flow(aggregate: Aggregate[Any], options: RunOptions) -> Any:
         partitions=options.partitions,
         fsync=options.fsync,
         max_view_lag=options.max_view_lag,
+        recovery=True,
     )
     return command_flow(
         aggregate,

@@ -25,7 +25,7 @@ log: `Shard.replayed` is filled from the log's tail since the checkpoint's water
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +101,10 @@ class Shard:
         self._recent: dict[str, int] = {}
         self._older: dict[str, int] = {}
         self.replayed: dict[str, Result] = {}
+        # After a restart: per aggregate, the commands found in the log since the
+        # checkpoint that the input has not yet brought again, in log order, with the
+        # version each started from (see `_decided_before_the_crash`).
+        self._ahead: dict[str, deque[tuple[str, int]]] = {}
         self.rehydrations = 0
         self.evictions = 0
 
@@ -113,8 +117,12 @@ class Shard:
         """Answer commands found in the log at or after `watermark` from the log."""
         for batch in self.log.read_all({self.partition: watermark}):
             for e in self.log.decode(batch):
-                if e.partition == self.partition:
-                    _fold_result(self.replayed, e)
+                if e.partition != self.partition:
+                    continue
+                if e.command_id not in self.replayed:
+                    ahead = self._ahead.setdefault(e.aggregate_id, deque())
+                    ahead.append((e.command_id, e.version))
+                _fold_result(self.replayed, e)
 
     # -- the batch ------------------------------------------------------------
 
@@ -151,11 +159,16 @@ class Shard:
             command_id, agg, payload, expected, correlation = command
             if known and command_id in known:
                 results[i] = self._answered(command_id)
+                if self._ahead:
+                    self._caught_up(agg, command_id)
                 continue
             if in_batch is not None:
                 if command_id in in_batch:
                     continue  # answered below with the first one's result
                 in_batch[command_id] = i
+            if self._ahead and agg in self._ahead:
+                results[i] = self._decided_before_the_crash(command)
+                continue
             tentative = pending.get(agg)
             if tentative is None:
                 entry = cache[agg]
@@ -293,6 +306,45 @@ class Shard:
             found[e.command_id] = (e.position, 1 if seen is None else seen[1] + 1)
         for command_id, (last, count) in found.items():
             self._remember(command_id, last - count + 1, count)
+
+    # -- after a restart ----------------------------------------------------------
+
+    def _caught_up(self, aggregate_id: str, command_id: str) -> None:
+        ahead = self._ahead.get(aggregate_id)
+        if ahead is None:
+            return
+        # Commands come again in the order they were decided: this one and any before
+        # it (which the input did not bring again) are behind us.
+        if any(a[0] == command_id for a in ahead):
+            while ahead.popleft()[0] != command_id:
+                pass
+        if not ahead:
+            del self._ahead[aggregate_id]
+
+    def _decided_before_the_crash(self, command: Command) -> Result:
+        """A command the input brings again after a restart, with no events in the log,
+        while later commands of its aggregate have theirs there: it was decided before
+        the crash and caused nothing (rejected, or accepted with no events). Decide it
+        again against the state it was decided against then, so that its answer is
+        the same, and append nothing: its turn in the aggregate's history has passed."""
+        agg = command.aggregate_id
+        version = self._ahead[agg][0][1] - 1  # before the next command's first event
+        events = self.log.decode(self.log.read_stream(agg))[:version]
+        state = self.aggregate.fold(e.payload for e in events)
+        try:
+            decision = self.aggregate.decide(command.payload, state)
+        except Exception as err:
+            return _rejected(command, f"the decider raised {type(err).__name__}: {err}")
+        if isinstance(decision, Rejected):
+            return _rejected(command, decision.reason)
+        if not decision:
+            return Result(command.command_id, "accepted", agg, version, None, [])
+        # Events now, though none were appended then: the decider is not pure.
+        return _rejected(
+            command,
+            f"decided again after a restart, {command.command_id} caused events it did not "
+            f"cause before the crash; it is not appended (decide must be a pure function)",
+        )
 
     def _answered(self, command_id: str) -> Result:
         """The result of a command handled before, rebuilt from its events in the log."""

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from view_data import assert_views_match_log, open_views, rows
 
 from flows._parse import MAX_RECORD_BYTES, Command
@@ -246,10 +245,9 @@ def test_run_killed_at_random_moments_round_after_round_keeps_every_promise(
         assert all(r == first for r in accepted), f"{command_id}: {results}"
     assert acknowledged == len(by_command), "an event in the log whose command got no answer"
     assert sent_ids(commands) <= answers.keys()
-    # Not asserted here (see the xfail test below): a rejection answered before a crash
-    # may be decided again, the other way, after it.
+    # Every command is answered the same way each time, rejections included.
     flipped = [c for c, rs in answers.items() if len({r["status"] for r in rs}) > 1]
-    print(f"{len(flipped)} commands rejected before a crash and accepted after it")
+    assert flipped == [], f"answered one way before a crash and another after: {flipped[:5]}"
 
     projections, reader = open_views(data)
     assert_views_match_log(projections, reader)
@@ -258,13 +256,6 @@ def test_run_killed_at_random_moments_round_after_round_keeps_every_promise(
     print(f"{kills} SIGKILLs survived, {acknowledged:,} acknowledged commands checked")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flows/_shard.py: after a restart, a command between the last checkpoint and "
-    "the crash that was rejected is decided again, against a state that already holds "
-    "the events of the commands after it, so it can be accepted (and its event appended "
-    "out of input order) after the sender was told it was rejected",
-)
 def test_a_rejected_command_stays_rejected_when_the_input_is_replayed(tmp_path: Path) -> None:
     """What a resumed run does with the commands between its checkpoint and the crash,
     on the real shard: the same commands again, answered from the log where they had
