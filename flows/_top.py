@@ -5,7 +5,7 @@ shares and latency quantiles computed between the last two scrapes. The pure par
 separate from the I/O so they are tested directly:
 
 - `parse_snapshot`: exposition text -> `Snapshot`
-- `compute`: two snapshots -> `Figures` (rates, shares, quantiles, views, log)
+- `compute`: two snapshots -> `Figures` (rates, shares, quantiles, views, caches, log)
 - `render`: `Figures` -> a rich renderable
 
 `fetch`, `scrape` and `run_top` are the I/O around them. A metric the process does not
@@ -52,6 +52,8 @@ CACHES = {
     "plan": "cqrsflow_plan_cache",
     "result": "cqrsflow_result_cache",
 }
+# Every cache by name and tier (queries/_cache_metrics.py): the "caches" table.
+CACHE_TIER = "cqrsflow_cache"
 
 Series = tuple[Mapping[str, str], float]
 Buckets = tuple[tuple[float, float], ...]  # (upper bound, cumulative count), ascending
@@ -146,6 +148,20 @@ class PlanRow:
 
 
 @dataclass(frozen=True)
+class CacheRow:
+    """One cache: its lookups per second and hit rate over the interval (else since
+    start), and what it holds."""
+
+    name: str
+    tier: str
+    hits_per_second: float | None
+    misses_per_second: float | None
+    hit_rate: Share | None
+    entries: float | None
+    bytes: float | None
+
+
+@dataclass(frozen=True)
 class PartitionRow:
     name: str
     segments: float | None
@@ -166,6 +182,7 @@ class Figures:
     errors: Share | None
     latency: Latency | None
     caches: Mapping[str, Share | None]
+    cache_tiers: tuple[CacheRow, ...]
     views: tuple[ViewRow, ...]
     last_plans: tuple[Mapping[str, str], ...]
     plans: tuple[PlanRow, ...]
@@ -279,6 +296,58 @@ def _cache_share(previous: Snapshot | None, current: Snapshot, prefix: str) -> S
     return share(previous, current, hits, lookups)
 
 
+def _cache_tiers(previous: Snapshot | None, current: Snapshot) -> tuple[CacheRow, ...]:
+    """A row per (cache, tier) that `cqrsflow_cache_*` reports, L1 first."""
+    caches = {
+        (labels.get("cache", ""), labels.get("tier", ""))
+        for suffix in ("_hits_total", "_misses_total", "_entries")
+        for labels, _ in current.samples.get(CACHE_TIER + suffix, ())
+    }
+    return tuple(
+        _cache_row(previous, current, name, tier)
+        for name, tier in sorted(caches, key=lambda c: (c[1], c[0]))
+    )
+
+
+def _cache_row(previous: Snapshot | None, current: Snapshot, name: str, tier: str) -> CacheRow:
+    def reading(suffix: str) -> Reading:
+        """The cache's sample of `suffix`; None where it has none (not yet, or a gauge
+        the cache does not report)."""
+
+        def read(s: Snapshot) -> float | None:
+            found = [
+                v
+                for labels, v in s.samples.get(CACHE_TIER + suffix, ())
+                if labels.get("cache") == name and labels.get("tier") == tier
+            ]
+            return sum(found) if found else None
+
+        return read
+
+    hits, misses = reading("_hits_total"), reading("_misses_total")
+
+    def lookups(s: Snapshot) -> float | None:
+        return _plus(hits(s), misses(s))
+
+    def per_second(counter: Reading) -> float | None:
+        if previous is None or current.at <= previous.at:
+            return None
+        now, before = counter(current), counter(previous)
+        if now is None:
+            return None
+        return _increase(before or 0.0, now) / (current.at - previous.at)
+
+    return CacheRow(
+        name,
+        tier,
+        per_second(hits),
+        per_second(misses),
+        share(previous, current, hits, lookups),
+        reading("_entries")(current),
+        reading("_bytes")(current),
+    )
+
+
 def _views(current: Snapshot) -> tuple[ViewRow, ...]:
     events = current.by_label("cqrsflow_view_lag_events", "view")
     seconds = current.by_label("cqrsflow_view_lag_seconds", "view")
@@ -323,6 +392,7 @@ def compute(previous: Snapshot | None, current: Snapshot) -> Figures:
         errors=share(previous, current, _rejected_or_invalid, _commands()),
         latency=latency(previous, current),
         caches={tier: _cache_share(previous, current, prefix) for tier, prefix in CACHES.items()},
+        cache_tiers=_cache_tiers(previous, current),
         views=_views(current),
         last_plans=tuple(
             labels
@@ -520,6 +590,26 @@ def _views_table(rows: tuple[ViewRow, ...], lag_limit: float) -> Table:
     return table
 
 
+def _caches_table(rows: tuple[CacheRow, ...]) -> Table:
+    table = Table(title="caches", title_justify="left")
+    table.add_column("cache")
+    for heading in ("tier", "hits", "misses", "hit rate", "entries", "bytes"):
+        table.add_column(heading, justify="right")
+    for r in rows:
+        table.add_row(
+            r.name,
+            r.tier,
+            _per_second(r.hits_per_second),
+            _per_second(r.misses_per_second),
+            _share_text(r.hit_rate),
+            _count(r.entries),
+            _size(r.bytes),
+        )
+    if not rows:
+        table.add_row(*([ABSENT] * 7))
+    return table
+
+
 def _alerts_table(
     values: Mapping[str, float | None],
     hot: frozenset[str],
@@ -546,6 +636,7 @@ def render(
     return Group(
         Panel(_summary(figures, hot), title=title, title_align="left"),
         _views_table(figures.views, thresholds.lag_seconds),
+        _caches_table(figures.cache_tiers),
         _alerts_table(values, hot, thresholds, counts),
     )
 

@@ -1,20 +1,25 @@
 """The read side's Prometheus metrics (names and meanings: docs/metrics.md).
 
 Counters and histograms are updated where the work happens, once per micro-batch or
-query (a cached answer costs one counter increment). Lag, rebuild progress and the
-pool's state are computed when scraped (`ViewsCollector`, `PoolCollector`), from
-whatever the scraping process can see: its own `Projections`, or the positions the
-follower of another process published.
+computed query. A cached answer costs no metric update at all: the caches count in
+plain ints, and the counters of answers served from cache (`cqrsflow_queries_total
+{plan="cache"}`, the plan- and result-cache hits) are derived from those counts when
+scraped (`queries._cache_metrics`, which also exports every cache's own
+`cqrsflow_cache_*` metrics). Lag, rebuild progress and the pool's state are computed
+when scraped (`ViewsCollector`, `PoolCollector`), from whatever the scraping process can
+see: its own `Projections`, or the positions the follower of another process published.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from queries._cache_metrics import on_publish
 from queries._lag import view_lags
 from queries._pool import PoolStats
 from store import LogReader
@@ -27,7 +32,10 @@ MAINTENANCE_SECONDS = Histogram(
     "One micro-batch applied to every view (one transaction)",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-QUERIES = Counter("cqrsflow_queries", "Queries answered, by what answered them", ["plan"])
+# Exported by the cache collector after it derived the cached answers (see above).
+QUERIES = Counter(
+    "cqrsflow_queries", "Queries answered, by what answered them", ["plan"], registry=None
+)
 ANSWERED_BY_CACHE = QUERIES.labels(plan="cache")
 PLANNING_SECONDS = Histogram(
     "cqrsflow_query_planning_seconds", "Planning a query", buckets=_LATENCY
@@ -35,10 +43,31 @@ PLANNING_SECONDS = Histogram(
 EXECUTION_SECONDS = Histogram(
     "cqrsflow_query_execution_seconds", "Running the chosen plan", buckets=_LATENCY
 )
-PLAN_CACHE_HITS = Counter("cqrsflow_plan_cache_hits", "Plans found by the query's shape")
-PLAN_CACHE_MISSES = Counter("cqrsflow_plan_cache_misses", "Queries planned anew")
-RESULT_CACHE_HITS = Counter("cqrsflow_result_cache_hits", "Answers served from the cache")
+PLAN_CACHE_HITS = Counter(
+    "cqrsflow_plan_cache_hits", "Plans found by the query's shape", registry=None
+)
+PLAN_CACHE_MISSES = Counter("cqrsflow_plan_cache_misses", "Queries planned anew", registry=None)
+RESULT_CACHE_HITS = Counter(
+    "cqrsflow_result_cache_hits", "Answers served from the cache", registry=None
+)
 RESULT_CACHE_MISSES = Counter("cqrsflow_result_cache_misses", "Answers computed")
+
+# The query layer's caches whose hits are answers served from cache.
+RESULT_CACHES: Final = frozenset({"hot_rows", "results", "shared"})
+
+
+def _derive(deltas: Mapping[tuple[str, str], tuple[int, int]]) -> None:
+    """The plan- and result-cache counters from what the caches counted."""
+    for (name, _tier), (hits, misses) in deltas.items():
+        if name == "plan":
+            PLAN_CACHE_HITS.inc(hits)
+            PLAN_CACHE_MISSES.inc(misses)
+        elif name in RESULT_CACHES and hits:
+            RESULT_CACHE_HITS.inc(hits)
+            ANSWERED_BY_CACHE.inc(hits)
+
+
+on_publish(_derive, QUERIES, PLAN_CACHE_HITS, PLAN_CACHE_MISSES, RESULT_CACHE_HITS)
 LAST_PLAN = Gauge("cqrsflow_last_plan_info", "1 for the latest query's plan", ["target", "rule"])
 
 

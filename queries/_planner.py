@@ -8,14 +8,14 @@ that starts from measured defaults and follows the run times actually observed.
 Plans are cached by the query's shape: its text with the literals taken out. Literals
 that reach the rewritten SQL unchanged become its parameters (``$1``...); those the
 plan depends on (a filter a view was chosen for, a LIMIT) stay part of the key. A hit
-costs one regular-expression pass and a dict lookup, no parse.
+costs one regular-expression pass and a dict lookup, no parse. The plan cache is an
+L1 policy cache (`make_cache`, LRU by default) named ``plan``.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -23,9 +23,11 @@ from typing import Literal
 import pyarrow as pa
 from sqlglot import exp
 
+from queries._cache import make_cache
+from queries._cache_base import Cache, Policy
+from queries._cache_metrics import untrack
 from queries._guard import check_read_only
 from queries._match import NoMatch, Rewrite, rewrite_onto
-from queries._metrics import PLAN_CACHE_HITS, PLAN_CACHE_MISSES
 from queries._viewdef import DIALECT, ViewDef
 
 # Strings, quoted identifiers (kept: they are names, not values) and numbers.
@@ -135,16 +137,31 @@ def value_of(token: str) -> object:
 
 
 class Planner:
-    """Plans queries against a catalog; thread-safe."""
+    """Plans queries against a catalog; thread-safe.
 
-    def __init__(self, catalog: Callable[[], Catalog], *, cache_size: int = 1024):
+    `cache_size` shapes are kept, evicted by `policy` ("lru", "lfu" or "arc")."""
+
+    def __init__(
+        self, catalog: Callable[[], Catalog], *, cache_size: int = 1024, policy: Policy = "lru"
+    ):
         self._catalog = catalog
-        self._cache: OrderedDict[str, _Shape] = OrderedDict()
-        self._cache_size = cache_size
+        # Guarded by `_lock` (a hit also reads the shape's plans), so not threadsafe itself.
+        self._cache: Cache[str, _Shape] = make_cache(policy, cache_size, name="plan", tier="L1")
         self._seconds: dict[Kind, float] = dict(_DEFAULT_SECONDS)
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+
+    @property
+    def cache(self) -> Cache[str, _Shape]:
+        """The plan cache: shapes -> their plans (read its `stats()`)."""
+        return self._cache
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self._cache.misses
 
     # -- the cached path -----------------------------------------------------------
 
@@ -157,31 +174,37 @@ class Planner:
         bypasses the cache for this call."""
         key = shape_of(sql)
         tokens = literals(sql)
+        cache = self._cache
         if refuse is None:
             with self._lock:
-                shape = self._cache.get(key)
+                shape = cache.peek(key)
                 if shape is not None:
                     for plan in shape.plans:
                         if all(tokens[i] == v for i, v in plan.pinned):
-                            self._cache.move_to_end(key)
-                            self.hits += 1
-                            PLAN_CACHE_HITS.inc()
+                            cache.get(key)  # counted and marked used only when it answers
                             return plan, [value_of(tokens[i]) for i in plan.params]
-        self.misses += 1
-        PLAN_CACHE_MISSES.inc()
+                cache.misses += 1
+        else:
+            with self._lock:
+                cache.misses += 1  # planned past the cache: a miss all the same
         plan = self._plan(sql, tokens, refuse)
         if refuse is None:
             with self._lock:
-                self._cache.setdefault(key, _Shape()).plans.append(plan)
-                self._cache.move_to_end(key)
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+                shape = cache.peek(key)
+                if shape is None:
+                    cache.put(key, _Shape([plan]))
+                else:
+                    shape.plans.append(plan)
         return plan, [value_of(tokens[i]) for i in plan.params]
 
     def forget(self) -> None:
         """Drop every cached plan (the views changed)."""
         with self._lock:
             self._cache.clear()
+
+    def close(self) -> None:
+        """Publish the plan cache's last counts and stop exporting them."""
+        untrack(self._cache)
 
     def observe(self, sql: str, plan: Plan, seconds: float) -> None:
         """Feed back a measured run time; re-plan a shape whose estimate was far off."""

@@ -2,9 +2,25 @@
 
 `QueryLayer.run` checks that the statement only reads, plans it (from the plan cache
 when its shape was seen), waits for the views it reads to reach the caller's log
-positions (read-your-writes), serves the result from the result cache when the views
-have not moved since it was stored, and otherwise runs it on a pooled DuckDB connection
-and feeds the run time back to the planner.
+positions (read-your-writes), serves the answer from a cache when one is fresh enough,
+and otherwise runs it on a pooled DuckDB connection and feeds the run time back to the
+planner.
+
+Caches, in the order a query meets them (policies and bounds: `CacheConfig`):
+
+- L1, hot rows: answers of key lookups on one view (``WHERE account = 'x'``), found by
+  the query's text with no planning, kept until a batch changes that key (the
+  projections tell their listeners which keys each batch touched) or the TTL passes.
+- L2, results: every other answer, by the rewritten statement and its parameters
+  (found from the query's text without planning once seen), served while what it read
+  satisfies the caller's freshness bound: the views' watermark (their applied log
+  positions) unchanged since, or the log's positions for an answer read from the log,
+  or, with `max_staleness`, an answer at most that old. Large answers are compressed,
+  equal ones shared (`ResultStore`).
+- L3, shared (optional): answers other processes computed, with the watermark they
+  were read at, served if at least as fresh as this layer's own views
+  (`SharedResultCache`, on Redis).
+- the plan cache (L1) in the planner.
 
 It runs in the process that maintains the views (DuckDB has one writer per file), on
 cursors of the same database: `cqrsflow serve`, `cqrsflow query --data`, a notebook.
@@ -12,24 +28,29 @@ cursors of the same database: `cqrsflow serve`, `cqrsflow query --data`, a noteb
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from queries._cache import make_cache
+from queries._cache_base import ENTRY_OVERHEAD, Cache
+from queries._cache_config import CacheConfig
+from queries._cache_metrics import untrack
+from queries._cache_results import CachedResult, ResultStore, pack, unpack
+from queries._cache_shared import RedisResultCache, SharedResultCache, shared_key
+from queries._cache_warm import ShapeCounts
 from queries._errors import QueryError, QueryTimeout
 from queries._guard import harden
 from queries._metrics import (
-    ANSWERED_BY_CACHE,
     EXECUTION_SECONDS,
     PLANNING_SECONDS,
     QUERIES,
-    RESULT_CACHE_HITS,
     RESULT_CACHE_MISSES,
     chose,
 )
@@ -39,15 +60,18 @@ from queries._projections import Projections, View
 from queries._tables import register_log
 from store import LogReader
 
+# A query as asked: its text alone (the common case, hashed once per string), or with
+# the positions it must read after and its staleness bound.
+TextKey = str | tuple[str, tuple[tuple[int, int], ...] | None, float | None]
+# An answer as computed: the rewritten statement and its parameter values.
+ResultKey = tuple[str, tuple[object, ...]]
+Watermark = tuple[tuple[int, int], ...]  # (partition, next position), sorted
+# What an answer was read from: the views' generation when it ran, the views, their
+# watermark then, and the log's positions if it read the log.
+ReadFrom = tuple[int, tuple[str, ...], Watermark | None, Watermark | None]
+HotRow = tuple[pa.Table, float]  # an answer and when it expires (time.monotonic)
 
-@dataclass(frozen=True, slots=True)
-class _Cached:
-    table: pa.Table
-    # What the answer was read from: the views' generation (bumped by `applied`) if it
-    # read views, and the log's positions if it read the log.
-    read_from: tuple[int | None, object]
-    stored: float
-
+_monotonic = time.monotonic  # a global, not an attribute lookup, on the hot path
 
 # Results of up to this many rows (an index lookup, a small view) are fetched as Python
 # rows and made Arrow with the schema their first run gave: DuckDB's Arrow path costs
@@ -63,8 +87,19 @@ def _small_result(cursor: duckdb.DuckDBPyConnection, schema: pa.Schema) -> pa.Ta
     )
 
 
+def _weigh_hot(row: HotRow) -> int:
+    return int(row[0].nbytes) + ENTRY_OVERHEAD
+
+
 class QueryLayer:
-    """Answers SQL over the event tables and the views of one data directory."""
+    """Answers SQL over the event tables and the views of one data directory.
+
+    `caches`: the policies and bounds of its caches. `shared`: an L3 cache shared with
+    other processes (a `SharedResultCache`, or a Redis URL, ``redis://HOST:PORT/DB``:
+    one database per log). `shapes`: a JSON file where the most frequent query shapes
+    are kept across restarts (saved on `close`); `warm`: on start, re-run the examples
+    of that many of them, for at most `warm_seconds`.
+    """
 
     def __init__(
         self,
@@ -73,37 +108,85 @@ class QueryLayer:
         *,
         pool_size: int = 4,
         query_timeout: float = 30.0,
-        result_ttl: float = 60.0,
-        result_cache_size: int = 4096,
         wait_timeout: float = 10.0,
+        caches: CacheConfig | None = None,
+        shared: SharedResultCache | str | None = None,
+        shapes: Path | None = None,
+        warm: int = 0,
+        warm_seconds: float = 2.0,
     ) -> None:
         self.projections = projections
         self.reader = reader
+        self.caches = config = caches or CacheConfig()
         self._db_lock = threading.Lock()
         harden(projections.con)
         self.pool = ConnectionPool(self._connect, size=pool_size, query_timeout=query_timeout)
-        self.planner = Planner(self._make_catalog)
-        # Results by rewritten statement and parameters; `_by_text` finds them from the
-        # query's text without planning, the path that repeated queries take.
-        self._results: OrderedDict[tuple[str, tuple[object, ...]], _Cached] = OrderedDict()
-        self._by_text: dict[tuple[str, object, object], tuple[str, tuple[object, ...]]] = {}
+        self.planner = Planner(
+            self._make_catalog, cache_size=config.plan_entries, policy=config.plan_policy
+        )
+        self.hot_rows: Cache[TextKey, HotRow] = make_cache(
+            config.hot_policy,
+            config.hot_entries,
+            config.hot_bytes,
+            weigh=_weigh_hot,
+            name="hot_rows",
+            tier="L1",
+            on_evict=self._unlink_hot,
+            threadsafe=True,
+        )
+        self._hot_get = self.hot_rows.get  # bound once: one attribute load less per query
+        self.results = ResultStore(
+            config.result_policy,
+            config.result_entries,
+            config.result_bytes,
+            compression=config.compression,
+            compress_from=config.compress_from,
+        )
+        self._results_get = self.results.cache.get
+        # The query texts whose answer is in `results`, to find it without planning.
+        self._by_text: dict[TextKey, ResultKey] = {}
+        self._owns_shared = isinstance(shared, str)
+        self.shared = RedisResultCache(shared) if isinstance(shared, str) else shared
+        if self._owns_shared:
+            assert isinstance(self.shared, RedisResultCache)
+            try:
+                self.shared.ping()
+            except QueryError:
+                self.shared.close()
+                raise
+        self._ttl = config.ttl
         self._generation = 0
         self._schemas: dict[str, pa.Schema] = {}
-        self._result_cache_size = result_cache_size
-        self._result_ttl = result_ttl
         self._wait_timeout = wait_timeout
         self._applied = threading.Condition()
         self._registered: dict[int, tuple[tuple[int, int], ...]] = {}
         self._catalog: Catalog | None = None
         self._tables = tuple(self.projections.table(v.name) for v in self._sql_views())
         self._store_lock = threading.Lock()
-        # Hot rows: view -> a looked-up key value -> the cached results that used it.
-        self._hot: dict[str, dict[object, set[tuple[str, tuple[object, ...]]]]] = {}
+        # Hot rows by key: view -> a looked-up key value -> the query texts that used it,
+        # and each cached text's (view, key values), to unlink it when evicted.
+        self._hot_index: dict[str, dict[object, set[TextKey]]] = {}
+        self._hot_links: dict[TextKey, tuple[str, tuple[object, ...]]] = {}
         self._touches = 0
         self._hot_views: set[str] = set()
+        self.computed = 0  # answers computed (cache misses of every tier)
+        self.shapes = ShapeCounts()
+        self._shapes_file = shapes
+        if shapes is not None:
+            self.shapes.load(shapes)
         projections.listen(self)
-        self.result_hits = 0
-        self.result_misses = 0
+        self.warmed = self.warm(warm, warm_seconds) if warm > 0 else 0
+
+    @property
+    def result_hits(self) -> int:
+        """Answers served from a cache (any tier)."""
+        shared = self.shared.hits if self.shared is not None else 0
+        return self.hot_rows.hits + self.results.cache.hits + shared
+
+    @property
+    def result_misses(self) -> int:
+        """Answers computed."""
+        return self.computed
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         with self._db_lock:
@@ -142,7 +225,8 @@ class QueryLayer:
 
     def applied(self) -> None:
         """Call after the views applied a batch: wakes readers waiting for positions,
-        and forgets plans when a rebuilt view was swapped in (its table changed)."""
+        and forgets plans and answers when a rebuilt view was swapped in (its table
+        changed)."""
         tables = tuple(self.projections.table(v.name) for v in self._sql_views())
         with self._applied:
             self._catalog = None
@@ -151,9 +235,11 @@ class QueryLayer:
                 self._tables = tables
                 self.planner.forget()
                 with self._store_lock:
-                    self._results.clear()
+                    self.results.clear()
                     self._by_text.clear()
-                    self._hot.clear()
+                    self.hot_rows.clear()
+                    self._hot_index.clear()
+                    self._hot_links.clear()
             self._applied.notify_all()
 
     def _sql_views(self) -> list[View]:
@@ -177,16 +263,45 @@ class QueryLayer:
         `max_staleness`: seconds an answer may lag the log: staler views are not used,
         and a cached answer younger than that is served even if the views moved since.
         """
-        after_key = tuple(sorted(after.items())) if after else None
-        text_key = (sql, after_key, max_staleness)
+        text_key: TextKey = (
+            sql
+            if not after and max_staleness is None
+            else (sql, tuple(sorted(after.items())) if after else None, max_staleness)
+        )
+        found: ResultKey | None = None
         if not explain:
+            texts = self.shapes.texts  # what warming will re-run: counted here, cheaply
+            texts[sql] += 1
+            # L1: a key lookup's answer, by the text alone
+            hot = self._hot_get(text_key)
+            if hot is not None:
+                if _monotonic() < hot[1]:
+                    return hot[0]
+                self.hot_rows.count_stale()
+                self.hot_rows.pop(text_key)
+            # L2: an answer seen for this text before, if still fresh enough
             found = self._by_text.get(text_key)
-            cached = self._results.get(found) if found is not None else None
-            if cached is not None and self._fresh(cached, max_staleness):
-                self.result_hits += 1
-                RESULT_CACHE_HITS.inc()
-                ANSWERED_BY_CACHE.inc()
-                return cached.table
+            if found is not None:
+                cached = self._results_get(found)
+                if cached is not None:
+                    if self._fresh(cached, max_staleness):
+                        table = cached.table  # None when stored compressed
+                        return table if table is not None else cached.blob.unpack()
+                    self.results.cache.count_stale()
+        return self._plan_and_answer(sql, text_key, found, after, explain, timeout, max_staleness)
+
+    def _plan_and_answer(
+        self,
+        sql: str,
+        text_key: TextKey,
+        found: ResultKey | None,
+        after: Mapping[int, int] | None,
+        explain: bool,
+        timeout: float | None,
+        max_staleness: float | None,
+    ) -> pa.Table:
+        """`run` past the text-keyed caches: plan, then the caches by rewritten
+        statement, then compute."""
         refuse = self._stale_refusal(max_staleness) if max_staleness is not None else None
         started = time.perf_counter()
         plan, params = self.planner.plan(sql, refuse=refuse)
@@ -195,23 +310,36 @@ class QueryLayer:
             return plan.explain()
         if after:
             self._wait_for(plan, after, timeout if timeout is not None else self._wait_timeout)
-        key = (plan.chosen.sql, tuple(params))
-        cached = self._results.get(key)
-        if cached is not None and self._fresh(cached, max_staleness):
-            self.result_hits += 1
-            RESULT_CACHE_HITS.inc()
-            ANSWERED_BY_CACHE.inc()
-            self._by_text[text_key] = key
-            return cached.table
-        self.result_misses += 1
-        RESULT_CACHE_MISSES.inc()
-        read_from = self._read_from(plan)
+        key: ResultKey = (plan.chosen.sql, tuple(params))
         # A key lookup's rows stay cached until a batch changes that key (hot rows); if
         # one did while this ran, the answer may predate it and is cached as any other.
         hot = plan.chosen.kind == "view lookup" and len(plan.views) == 1 and bool(params)
+        if not hot and key != found:
+            cached = self._results_get(key)
+            if cached is not None:
+                if self._fresh(cached, max_staleness):
+                    self._by_text[text_key] = key
+                    return cached.answer()
+                self.results.cache.count_stale()
         if hot:
             self._hot_views.add(plan.views[0])  # from now on, batches say which keys
         touches = self._touches
+        read_from = self._read_from(plan)
+        shared = self._from_shared(key, read_from, after, max_staleness)
+        if shared is None:
+            table = self._compute(sql, plan, params)
+            self._share(key, table, read_from)
+        else:
+            table, as_fresh = shared
+            if not as_fresh:
+                return table  # older than our views (the caller allowed it): not kept
+        self._store(text_key, key, plan.views[0] if hot else None, table, read_from, touches)
+        self.shapes.fold_if_full()
+        return table
+
+    def _compute(self, sql: str, plan: Plan, params: list[object]) -> pa.Table:
+        self.computed += 1
+        RESULT_CACHE_MISSES.inc()
         started = time.perf_counter()
         table = self.execute(plan, params)
         took = time.perf_counter() - started
@@ -219,28 +347,55 @@ class QueryLayer:
         EXECUTION_SECONDS.observe(took)
         QUERIES.labels(plan="log" if plan.chosen.target == "log" else "view").inc()
         chose(plan.chosen.target, plan.chosen.rule)
-        with self._store_lock:  # Flight calls `run` from several threads
-            hot = hot and touches == self._touches
-            self._results[key] = _Cached(
-                table, (None, None) if hot else read_from, time.monotonic()
-            )
-            if hot:
-                for value in params:
-                    self._hot.setdefault(plan.views[0], {}).setdefault(value, set()).add(key)
-            self._by_text[text_key] = key
-            if len(self._results) > self._result_cache_size:
-                self._results.popitem(last=False)
-                if len(self._by_text) > 2 * self._result_cache_size:
-                    self._by_text.clear()
-                    self._prune_hot()
         return table
 
+    def _store(
+        self,
+        text_key: TextKey,
+        key: ResultKey,
+        hot_view: str | None,
+        table: pa.Table,
+        read_from: ReadFrom,
+        touches: int,
+    ) -> None:
+        """Keep an answer: a hot row in L1 if no batch touched keys meanwhile, else in
+        L2 (Flight calls `run` from several threads)."""
+        with self._store_lock:
+            if hot_view is not None and touches == self._touches:
+                if self.hot_rows.put(text_key, (table, _monotonic() + self._ttl)):
+                    values = key[1]
+                    self._hot_links[text_key] = (hot_view, values)
+                    index = self._hot_index.setdefault(hot_view, {})
+                    for value in values:
+                        index.setdefault(value, set()).add(text_key)
+                    if len(self._hot_links) > 2 * self.caches.hot_entries:
+                        self._prune_hot()
+                return
+            self.results.put(key, table, read_from, time.monotonic())
+            self._by_text[text_key] = key
+            if len(self._by_text) > 4 * self.caches.result_entries:
+                self._by_text.clear()  # texts of answers long evicted; found again by plan
+
+    def _unlink_hot(self, text_key: TextKey, row: HotRow | None = None) -> None:
+        """An evicted hot row: forget which key values pointed at it (called by the
+        cache from `put`, under the store lock)."""
+        link = self._hot_links.pop(text_key, None)
+        if link is None:
+            return
+        view, values = link
+        index = self._hot_index.get(view, {})
+        for value in values:
+            texts = index.get(value)
+            if texts is not None:
+                texts.discard(text_key)
+                if not texts:
+                    del index[value]
+
     def _prune_hot(self) -> None:
-        """Forget hot-row links to results the cache has evicted."""
-        for view, by_value in self._hot.items():
-            self._hot[view] = {
-                v: alive for v, keys in by_value.items() if (alive := keys & self._results.keys())
-            }
+        """Forget the links of hot rows that left the cache without an eviction (the
+        TTL); under the store lock."""
+        for text_key in [k for k in self._hot_links if k not in self.hot_rows]:
+            self._unlink_hot(text_key)
 
     def wants(self, view: str) -> bool:
         """Whether batches applied to `view` should say which keys they changed."""
@@ -251,7 +406,7 @@ class QueryLayer:
         with self._store_lock:
             self._touches += 1
             for view, keys in touched.items():
-                cached = self._hot.get(view)
+                cached = self._hot_index.get(view)
                 if not cached:
                     continue
                 values = list(cached)
@@ -264,19 +419,91 @@ class QueryLayer:
                     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
                         gone = values  # values of another type: drop them all
                 for value in gone:
-                    for key in cached.pop(value, ()):
-                        self._results.pop(key, None)
+                    for text_key in cached.pop(value, ()):
+                        self.hot_rows.pop(text_key)
+                        self._unlink_hot(text_key)
 
-    def _fresh(self, cached: _Cached, max_staleness: float | None) -> bool:
+    def _fresh(self, cached: CachedResult, max_staleness: float | None) -> bool:
+        """Whether an L2 answer satisfies the caller's freshness bound."""
         age = time.monotonic() - cached.stored
-        if age >= self._result_ttl:
+        if age >= self._ttl:
             return False
         if max_staleness is not None and age <= max_staleness:
             return True  # the caller accepts an answer this old, whatever moved since
-        generation, log = cached.read_from
-        if generation is not None and generation != self._generation:
-            return False
+        generation, views, watermark, log = cached.read_from
+        if views and generation != self._generation:
+            # The views applied batches since: still fresh if none moved these views'
+            # watermark (read the generation first: a batch applied between the two
+            # reads then only makes the next check compare again).
+            now = self._generation
+            if watermark != self._watermark(views):
+                return False
+            cached.read_from = (now, views, watermark, log)
         return log is None or log == self._log_positions()
+
+    # -- L3 --------------------------------------------------------------------------
+
+    def _shared_mark(self, read_from: ReadFrom) -> Watermark | None:
+        """What a shared answer is stamped with: the views' watermark, or the log's
+        positions; None for a plan reading both (not shared)."""
+        _, views, watermark, log = read_from
+        if views and log is not None:
+            return None
+        return log if log is not None else (watermark or ())
+
+    def _from_shared(
+        self,
+        key: ResultKey,
+        read_from: ReadFrom,
+        after: Mapping[int, int] | None,
+        max_staleness: float | None,
+    ) -> tuple[pa.Table, bool] | None:
+        """An answer another process shared, fresh enough for this caller, and whether
+        it is at least as fresh as this layer's own views (then it is kept locally)."""
+        shared = self.shared
+        mark = self._shared_mark(read_from) if shared is not None else None
+        if shared is None or mark is None:
+            return None
+        bound = dict(mark)
+        entry = shared.get(
+            shared_key(shared.namespace, *key), bound, max_age=max_staleness, after=after
+        )
+        if entry is None:
+            return None
+        try:
+            table = unpack(entry.payload)
+        except (pa.ArrowInvalid, OSError):
+            return None
+        return table, entry.covers(bound)
+
+    def _share(self, key: ResultKey, table: pa.Table, read_from: ReadFrom) -> None:
+        shared = self.shared
+        mark = self._shared_mark(read_from) if shared is not None else None
+        if shared is None or mark is None:
+            return
+        compression = self.caches.compression if table.nbytes >= self.caches.compress_from else None
+        payload = pack(table, compression).to_pybytes()
+        shared.put(shared_key(shared.namespace, *key), payload, dict(mark), self._ttl)
+
+    # -- warming -----------------------------------------------------------------------
+
+    def warm(self, n: int, seconds: float) -> int:
+        """Re-run the examples of the `n` most frequent query shapes (counted by this
+        layer and loaded from `shapes`), starting none after `seconds`; how many ran.
+        A query that fails is skipped: warming never fails the start."""
+        deadline = time.monotonic() + seconds
+        warmed = 0
+        for shape in self.shapes.top(n):
+            if time.monotonic() >= deadline:
+                break
+            try:
+                self.run(shape.example)
+            except QueryError:
+                continue
+            finally:  # a warming run is not a client's query
+                self.shapes.texts[shape.example] -= 1
+            warmed += 1
+        return warmed
 
     def execute(self, plan: Plan, params: list[object]) -> pa.Table:
         """Run a plan on a pooled connection, past both caches."""
@@ -312,12 +539,23 @@ class QueryLayer:
             register_log(con, self.reader)
             self._registered[id(con)] = now
 
-    def _read_from(self, plan: Plan) -> tuple[int | None, object]:
-        """What an answer depends on: the views' generation, the log's positions."""
+    def _read_from(self, plan: Plan) -> ReadFrom:
+        """What an answer depends on, read before it runs (so that a batch applied
+        meanwhile makes it look older, never newer, than it is)."""
+        generation = self._generation
+        views = plan.views
         return (
-            self._generation if plan.views else None,
+            generation,
+            views,
+            self._watermark(views) if views else None,
             self._log_positions() if plan.reads_log else None,
         )
+
+    def _watermark(self, views: tuple[str, ...]) -> Watermark:
+        """The log positions every one of `views` has applied (the least, per partition)."""
+        marks = [self.projections.positions(v) for v in views]
+        partitions = sorted(set().union(*marks))
+        return tuple((p, min(m.get(p, 0) for m in marks)) for p in partitions)
 
     def _log_positions(self) -> tuple[tuple[int, int], ...]:
         self.reader.refresh()
@@ -353,5 +591,16 @@ class QueryLayer:
         return refuse
 
     def close(self) -> None:
+        """Stop listening to the views, save the query shapes, release the caches'
+        metrics and the pool."""
         self.projections.unlisten(self)
+        if self._shapes_file is not None:
+            # warming is an optimisation: a read-only directory is no failure
+            with contextlib.suppress(OSError):
+                self.shapes.save(self._shapes_file)
+        for cache in (self.hot_rows, self.results.cache):
+            untrack(cache)
+        self.planner.close()
+        if self.shared is not None and self._owns_shared:
+            self.shared.close()
         self.pool.close()

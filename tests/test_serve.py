@@ -159,3 +159,53 @@ def test_a_rebuild_asked_of_a_busy_data_directory_is_built_by_the_server_and_swa
     assert 'balances@2"' in explained, explained
     after = cqrsflow("query", "--connect", url, "--format", "json", sql, CQRSFLOW_TOKEN=TOKEN)
     assert after.stdout == before.stdout and json.loads(after.stdout)["d"] > 0
+
+
+def serve_until_ready(data: Path, *flags: str) -> tuple[subprocess.Popen[str], str, str]:
+    """A `cqrsflow serve` with `flags`, once it serves; the process, its Flight URL and
+    the line that said so."""
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "flows.cli", "serve", "--data", str(data)),
+            *("--port", "0", "--metrics-port", "-1", *flags),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "CQRSFLOW_TOKEN": TOKEN},
+    )
+    assert proc.stdout is not None
+    line = ""
+    for line in proc.stdout:
+        if "serving SQL" in line or not line:
+            break
+    assert "serving SQL" in line, line + (proc.stderr.read() if proc.stderr else "")
+    return proc, line.split(" at ")[1].split()[0], line
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    _, errors = proc.communicate(timeout=60)
+    assert proc.returncode == 0, errors
+
+
+def test_a_restarted_server_warms_the_query_shapes_it_was_asked_most(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_log(data, bank_events(3, accounts=30, events=3000))
+    proc, url, _ = serve_until_ready(data, "--cache-policy", "lfu")
+    try:
+        lookup = "SELECT count(*) AS n FROM balances WHERE deposits > {}"
+        for sql in (lookup.format(1), lookup.format(2), "SELECT count(*) AS n FROM events"):
+            asked = cqrsflow("query", "--connect", url, sql, CQRSFLOW_TOKEN=TOKEN)
+            assert asked.returncode == 0, asked.stderr
+    finally:
+        stop(proc)
+    shapes = json.loads((data / "query-shapes.json").read_text())
+    assert [s["count"] for s in shapes["shapes"]] == [2, 1]  # one shape asked twice
+
+    proc, _, said = serve_until_ready(data, "--warm-queries", "5")
+    stop(proc)
+    assert "warmed 2 query shape(s)" in said
+    refused = cqrsflow("serve", "--data", str(data), "--warm-queries", "-1")
+    assert refused.returncode == 2 and "--warm-queries -1: expected a count >= 0" in refused.stderr

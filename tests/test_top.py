@@ -319,6 +319,55 @@ def test_a_servers_exposition_shows_the_query_figures_and_no_command_figures() -
     assert "last rule=rollup target=balances · log 1.0/s (2) · view 4.0/s (18)" in screen
 
 
+def test_each_cache_tier_shows_its_hits_misses_hit_rate_entries_and_bytes() -> None:
+    r = CollectorRegistry()
+    labels = ["cache", "tier"]
+    hits = Counter("cqrsflow_cache_hits_total", "", labels, registry=r)
+    misses = Counter("cqrsflow_cache_misses_total", "", labels, registry=r)
+    entries = Gauge("cqrsflow_cache_entries", "", labels, registry=r)
+    held = Gauge("cqrsflow_cache_bytes", "", labels, registry=r)
+    for name, tier in (("results", "L2"), ("hot_rows", "L1"), ("shared", "L3")):
+        hits.labels(name, tier).inc(100)
+        misses.labels(name, tier).inc(100)
+    entries.labels("hot_rows", "L1").set(1234)
+    held.labels("hot_rows", "L1").set(3 * 2**20)
+    entries.labels("results", "L2").set(7)
+    held.labels("results", "L2").set(2048)
+    before = parse_snapshot(generate_latest(r).decode(), 0.0)
+    hits.labels("hot_rows", "L1").inc(1800)  # 90 % of the interval's lookups
+    misses.labels("hot_rows", "L1").inc(200)
+    hits.labels("results", "L2").inc(10)
+    after = parse_snapshot(generate_latest(r).decode(), 2.0)
+
+    figures = compute(before, after)
+    assert [(c.name, c.tier) for c in figures.cache_tiers] == [
+        ("hot_rows", "L1"),
+        ("results", "L2"),
+        ("shared", "L3"),
+    ]
+    no_alerts = dict.fromkeys(THRESHOLDS.by_alert(), 0)
+    screen = shown(render(figures, THRESHOLDS, no_alerts, "a server"))
+    assert cells(screen, "hot_rows") == [
+        "hot_rows", "L1", "900/s", "100/s", "90.0 %", "1,234", "3.0 MiB",
+    ]  # fmt: skip
+    assert cells(screen, "results") == [
+        "results",
+        "L2",
+        "5.0/s",
+        "0.0/s",
+        "100.0 %",
+        "7",
+        "2.0 KiB",
+    ]
+    # nothing in the interval: since start; a gauge not reported: a dash
+    assert cells(screen, "shared") == [
+        "shared", "L3", "0.0/s", "0.0/s", "50.0 % (since start)", "—", "—",
+    ]  # fmt: skip
+    assert (
+        cells(shown(render(compute(None, before), THRESHOLDS, no_alerts, "")), "shared")[2] == "—"
+    )
+
+
 def test_the_dashboard_counts_each_crossed_alert_once_per_refresh_in_its_registry() -> None:
     run = FakeRun()
     dashboard = Dashboard("http://127.0.0.1:1/metrics", 1.0, THRESHOLDS)
