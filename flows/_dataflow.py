@@ -126,6 +126,7 @@ class _ShardLogic(StatefulBatchLogic[ShardBatch, list[Result], int]):
             shard.replay_from(self._resume)
         elif config.recovery and shard.watermark > 0:
             shard.replay_from(0)
+        shard.warm()
         return shard
 
     def on_batch(self, values: list[ShardBatch]) -> tuple[list[list[Result]], bool]:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from connectors import JsonLinesSink, JsonLinesSource, MsgpackSource, StdinSourc
 from flows._dataflow import FlowConfig, command_flow, init_recovery, run_flow, tune_gc
 from flows._domain import Aggregate
 from flows._results import Result
+from flows._shard import ShardConfig
 from store import Fsync, LogReader, log_partitions
 
 
@@ -34,6 +35,7 @@ class RunOptions:
     process_id: int | None = None
     addresses: list[str] | None = None
     max_view_lag: int = 2_000_000
+    shard: ShardConfig = field(default_factory=ShardConfig)
 
 
 def _source(options: RunOptions) -> Any:
@@ -64,6 +66,7 @@ def _flow(aggregate: Aggregate[Any], options: RunOptions) -> Any:
         partitions=options.partitions,
         fsync=options.fsync,
         max_view_lag=options.max_view_lag,
+        shard=options.shard,
         recovery=True,
     )
     return command_flow(

@@ -25,7 +25,8 @@ log: `Shard.replayed` is filled from the log's tail since the checkpoint's water
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict, deque
+import time
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,8 @@ from flows._domain import Aggregate, Rejected
 from flows._metrics import CACHE_EVICTIONS, CACHE_HITS, CACHE_MISSES, CACHE_SIZE, REHYDRATIONS
 from flows._parse import Command
 from flows._results import Result
+from queries import Cache, make_cache
+from queries._cache_base import Policy
 from store import (
     ArrowLog,
     ConcurrencyError,
@@ -51,6 +54,10 @@ from store import (
 @dataclass(frozen=True, slots=True)
 class ShardConfig:
     cache_size: int = 100_000  # aggregates kept in memory by one shard
+    cache_bytes: int | None = None  # and their states' size, as weighed by `weigh_entry`
+    cache_policy: Policy = "lru"  # lru | lfu | arc (queries.make_cache)
+    warm: int = 0  # on open, pre-load this many of the partition's busiest aggregates
+    warm_seconds: float = 5.0  # for at most this long
     snapshot_every: int = 100  # events between snapshots of an aggregate
     remembered: int = 100_000  # at least this many accepted commands are remembered
 
@@ -61,6 +68,12 @@ class _Entry:
     def __init__(self, state: Any, version: int):
         self.state = state
         self.version = version
+
+
+def weigh_entry(entry: _Entry) -> int:
+    """An aggregate's bytes in the cache, for its byte bound: its state as msgpack plus
+    a fixed share for the entry, its key and the cache's bookkeeping."""
+    return 160 + len(msgspec.msgpack.encode(entry.state))
 
 
 def event_id(command_id: str, index: int) -> bytes:
@@ -90,7 +103,14 @@ class Shard:
         self._clock = clock  # () -> int, UTC microseconds
         self._state_type = type(aggregate.initial)
         self._fingerprint = fingerprint(self._state_type)
-        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._cache: Cache[str, _Entry] = make_cache(
+            config.cache_policy,
+            config.cache_size,
+            config.cache_bytes,
+            weigh=weigh_entry,
+            name=f"aggregate-{partition}",
+            tier="L1",
+        )
         # The remembered results, in two generations: when the young one is full it
         # becomes the old one and the old one is dropped, so between `remembered` and
         # twice that many are kept. Plain dicts: a third of an OrderedDict's cost per
@@ -129,18 +149,23 @@ class Shard:
     def handle(self, commands: Sequence[Command]) -> list[Result]:
         """Decide a batch of this shard's commands; results in the same order."""
         cache = self._cache
-        size = len(cache)
+        size, evictions = len(cache), cache.evictions
+        # The batch's entries, kept here: making room for a cold aggregate may evict
+        # another aggregate of the same batch from the cache.
+        entries: dict[str, _Entry] = {}
         cold = []
         wanted = {c.aggregate_id for c in commands}
+        get = cache.get
         for agg in wanted:
-            if agg in cache:
-                cache.move_to_end(agg)
-            else:
+            entry = get(agg)
+            if entry is None:
                 cold.append(agg)
+            else:
+                entries[agg] = entry
         CACHE_HITS.inc(len(wanted) - len(cold))
         CACHE_MISSES.inc(len(cold))
         if cold:
-            self._rehydrate(cold)
+            entries.update(self._rehydrate(cold))
         results: list[Result | None] = [None] * len(commands)
         pending: dict[str, tuple[Any, int]] = {}
         staged: list[NewEvent] = []
@@ -171,7 +196,7 @@ class Shard:
                 continue
             tentative = pending.get(agg)
             if tentative is None:
-                entry = cache[agg]
+                entry = entries[agg]
                 state, version = entry.state, entry.version
             else:
                 state, version = tentative
@@ -212,12 +237,14 @@ class Shard:
             pending[agg] = (state, version + k)
             staged_by.append((i, len(staged) - 1, [e.__class__.__name__ for e in decision]))
         if staged:
-            self._append(commands, staged, staged_by, pending, results)
+            self._append(commands, staged, staged_by, pending, entries, results)
         if in_batch is not None:
             for i, command in enumerate(commands):
                 if results[i] is None:  # the same command id twice in one batch
                     results[i] = results[in_batch[command.command_id]]
-        self._evict()
+        if cache.evictions != evictions:
+            self.evictions += cache.evictions - evictions
+            CACHE_EVICTIONS.inc(cache.evictions - evictions)
         CACHE_SIZE.inc(len(cache) - size)
         return results  # type: ignore[return-value]
 
@@ -227,6 +254,7 @@ class Shard:
         staged: list[NewEvent],
         staged_by: list[tuple[int, int, list[str]]],
         pending: dict[str, tuple[Any, int]],
+        entries: dict[str, _Entry],
         results: list[Result | None],
     ) -> None:
         positions: Positions
@@ -236,7 +264,7 @@ class Shard:
             # Only another writer could cause this, and the partition's lock forbids
             # one; if it happens anyway, forget what this shard believed and say so.
             for agg in {c.aggregate_id for c in err.conflicts}:
-                self._cache.pop(agg, None)
+                self._cache.pop(agg)
             positions = err.appended  # type: ignore[assignment]
             conflicted = {c.aggregate_id: str(c) for c in err.conflicts}
         else:
@@ -258,11 +286,11 @@ class Shard:
             recent[command_id] = ((offsets[last] - count + 1) << 16) + count  # type: ignore[operator]
         if len(recent) >= self.config.remembered:
             self._older, self._recent = recent, {}
-        cache, due = self._cache, self.policy.due
+        due = self.policy.due
         for agg, (state, version) in pending.items():
             if agg in conflicted:
                 continue
-            entry = cache[agg]
+            entry = entries[agg]
             if due(entry.version, version):
                 builtins = msgspec.to_builtins(state)
                 self.snapshots.save(agg, version, builtins, self._fingerprint)
@@ -270,15 +298,14 @@ class Shard:
 
     # -- the cache ------------------------------------------------------------
 
-    def _rehydrate(self, aggregates: list[str]) -> None:
+    def _rehydrate(self, aggregates: list[str]) -> dict[str, _Entry]:
         """Bring cold aggregates into the cache: snapshot, then the events after it."""
-        cache, initial = self._cache, self.aggregate.initial
+        initial = self.aggregate.initial
         wanted: dict[str, int] = {}
         entries: dict[str, _Entry] = {}
         for agg in aggregates:
             last = self.log.last_version(agg)
-            entry = _Entry(initial, 0)
-            cache[agg] = entries[agg] = entry
+            entry = entries[agg] = _Entry(initial, 0)
             if last == 0:
                 continue  # a new aggregate: nothing to read
             # A snapshot exists only once a multiple of the interval was crossed.
@@ -292,20 +319,47 @@ class Shard:
                 entry.version = snapshot.version
             if entry.version < last:
                 wanted[agg] = entry.version + 1
-        if not wanted:
-            return
-        self.rehydrations += len(wanted)
-        REHYDRATIONS.inc(len(wanted))
-        found: dict[str, tuple[int, int]] = {}  # command id -> its last position, count
-        evolve = self.aggregate.evolve
-        for e in self.log.decode(self.log.read_streams(wanted)):
-            entry = entries[e.aggregate_id]
-            entry.state = evolve(entry.state, e.payload)
-            entry.version = e.version
-            seen = found.get(e.command_id)
-            found[e.command_id] = (e.position, 1 if seen is None else seen[1] + 1)
-        for command_id, (last, count) in found.items():
-            self._remember(command_id, last - count + 1, count)
+        if wanted:
+            self.rehydrations += len(wanted)
+            REHYDRATIONS.inc(len(wanted))
+            found: dict[str, tuple[int, int]] = {}  # command id -> its last position, count
+            evolve = self.aggregate.evolve
+            for e in self.log.decode(self.log.read_streams(wanted)):
+                entry = entries[e.aggregate_id]
+                entry.state = evolve(entry.state, e.payload)
+                entry.version = e.version
+                seen = found.get(e.command_id)
+                found[e.command_id] = (e.position, 1 if seen is None else seen[1] + 1)
+            for command_id, (last, count) in found.items():
+                self._remember(command_id, last - count + 1, count)
+        put = self._cache.put
+        for agg, entry in entries.items():
+            put(agg, entry)
+        return entries
+
+    def warm(self) -> int:
+        """Pre-load the partition's busiest aggregates of its recent history (up to
+        `ShardConfig.warm`, for at most `warm_seconds`): the first batches after a
+        restart then find them in the cache. How many were loaded."""
+        wanted, budget = self.config.warm, self.config.warm_seconds
+        if wanted <= 0 or self.watermark == 0:
+            return 0
+        deadline = time.monotonic() + budget
+        # Recent history: the last events of the partition, ten per wanted aggregate.
+        start = max(0, self.watermark - 10 * wanted)
+        counts: Counter[str] = Counter()
+        for batch in self.log.partition(self.partition).batches(start):
+            counts.update(batch.column(1).to_pylist())
+        busiest = [agg for agg, _ in counts.most_common(wanted) if agg not in self._cache]
+        loaded = 0
+        for i in range(0, len(busiest), 1000):
+            if time.monotonic() >= deadline:
+                break
+            chunk = busiest[i : i + 1000]
+            self._rehydrate(chunk)
+            loaded += len(chunk)
+        CACHE_SIZE.inc(loaded)
+        return loaded
 
     # -- after a restart ----------------------------------------------------------
 
@@ -366,16 +420,6 @@ class Shard:
         self._recent[command_id] = (first << 16) + min(count, 0xFFFF)
         if len(self._recent) >= self.config.remembered:
             self._older, self._recent = self._recent, {}
-
-    def _evict(self) -> None:
-        cache = self._cache
-        evicted = len(cache) - self.config.cache_size
-        if evicted <= 0:
-            return
-        for _ in range(evicted):
-            cache.popitem(last=False)
-        self.evictions += evicted
-        CACHE_EVICTIONS.inc(evicted)
 
     def close(self) -> None:
         self.log.close()

@@ -6,6 +6,8 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from flows._domain import Aggregate
 from flows._parse import Command
 from flows._shard import Shard, ShardConfig
@@ -149,3 +151,38 @@ def test_closing_needs_a_zero_balance(tmp_path: Path) -> None:
         "rejected",
     ]
     assert results[5].reason == "the account is closed"
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu", "arc"])
+def test_a_cache_smaller_than_a_batch_decides_every_command_right(
+    tmp_path: Path, policy: Any
+) -> None:
+    # Making room for the batch's cold aggregates evicts others of the same batch: the
+    # batch must still see each aggregate's state, and the next batches too.
+    s = shard(tmp_path, ShardConfig(cache_size=3, cache_policy=policy))
+    accounts = [f"acct-{i}" for i in range(10)]
+    s.handle([cmd(f"open-{a}", a, OpenAccount(a)) for a in accounts])
+    for n in range(3):
+        results = s.handle([cmd(f"dep-{a}-{n}", a, Deposit(10)) for a in accounts])
+        assert {r.version for r in results} == {n + 2}
+    results = s.handle([cmd(f"w-{a}", a, Withdraw(31)) for a in accounts])
+    assert {r.reason for r in results} == {
+        "insufficient funds: balance 30, overdraft limit 0, withdrawal 31"
+    }
+    assert len(s._cache) <= 3 and s.evictions > 0
+
+
+def test_warming_loads_the_busiest_aggregates_of_recent_history(tmp_path: Path) -> None:
+    s = shard(tmp_path)
+    busy, quiet = ["busy-1", "busy-2"], [f"quiet-{i}" for i in range(20)]
+    s.handle([cmd(f"open-{a}", a, OpenAccount(a)) for a in busy + quiet])
+    for n in range(10):
+        s.handle([cmd(f"dep-{a}-{n}", a, Deposit(1)) for a in busy])
+    s.close()
+    warmed = shard(tmp_path, ShardConfig(warm=2))
+    assert warmed.warm() == 2
+    assert set(warmed._cache.keys()) == set(busy)
+    before = warmed.rehydrations
+    [result] = warmed.handle([cmd("w", "busy-1", Withdraw(10))])
+    assert (result.status, result.version) == ("accepted", 12)
+    assert warmed.rehydrations == before  # found in the cache, not read from the log
