@@ -20,6 +20,7 @@ Both files are derived data: a missing or damaged one is rebuilt from the segmen
 
 from __future__ import annotations
 
+import mmap
 import os
 from array import array
 from collections.abc import Sequence
@@ -166,10 +167,18 @@ def _fixed_width(ids: pa.Array) -> np.ndarray:
 class SealedIndex:
     """A memory-mapped sealed index; lookups are binary searches."""
 
+    # Lookups between two drops of the mapped pages (see `release`).
+    RELEASE_EVERY = 64
+
     def __init__(self, path: Path):
         self.path = path
         self._hot: pa.RecordBatch | None = None
-        source = pa.memory_map(str(path))
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:  # mmap refuses an empty file
+                raise OSError(f"{path}: empty index")
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._lookups = 0
+        source = pa.BufferReader(pa.py_buffer(self._map))
         table = pa.ipc.open_file(source).read_all().combine_chunks()
         self.hot_start = table.column("hot_start").to_numpy()
         key = table.column("key").chunk(0) if table.num_rows else pa.array([], pa.binary(1))
@@ -190,8 +199,21 @@ class SealedIndex:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def release(self) -> None:
+        """Drop the index's mapped pages from resident memory (they stay in the page
+        cache). Binary searches over the indexes of every segment of a large log
+        otherwise leave most of their pages resident: a hundred MB at 10M events."""
+        if hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED)
+
+    def _used(self) -> None:
+        self._lookups += 1
+        if self._lookups % self.RELEASE_EVERY == 0:
+            self.release()
+
     def find(self, aggregate_id: str) -> int:
         """The aggregate's slot, or -1."""
+        self._used()
         key = aggregate_id.encode()
         if len(key) > self.width or not len(self.keys):
             return -1
@@ -213,6 +235,7 @@ class SealedIndex:
         """`lookup` for many aggregates in one binary search; only those found."""
         if not len(self.keys) or not aggregate_ids:
             return []
+        self._used()
         if len(aggregate_ids) == 1:  # one aggregate: a scalar search costs a tenth
             rows, last, hot_start = self.lookup(aggregate_ids[0])
             return [(aggregate_ids[0], rows, last, hot_start)] if len(rows) else []
