@@ -14,10 +14,14 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.table import Table
+
+
+class BenchUsageError(Exception):
+    """Bad input to a bench command (a threshold, a report file, a duration): exit 2."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,20 @@ class Figure:
             checks.append(self.ratio >= self.ratio_target)
         return all(checks) if checks else None
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Figure:
+        """The figure `to_json` wrote (its derived fields are computed again)."""
+        return cls(
+            doc["name"],
+            doc["unit"],
+            tuple(doc["runs"]),
+            doc["better"],
+            doc.get("target"),
+            doc.get("baseline_name"),
+            tuple(doc.get("baseline_runs") or ()),
+            doc.get("ratio_target"),
+        )
+
     def to_json(self) -> dict[str, object]:
         doc = asdict(self)
         doc.update(value=self.value, baseline=self.baseline, ratio=self.ratio, met=self.met)
@@ -88,6 +106,20 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q` quantile (0..1) of `values`, nearest rank: always a measured value.
+
+    >>> percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5)
+    3.0
+    """
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# The percentiles of every latency table: P99.9 needs a thousand samples to mean anything.
+PERCENTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("p99.9", 0.999))
+
+
 def machine() -> dict[str, object]:
     return {
         "python": platform.python_version(),
@@ -96,7 +128,7 @@ def machine() -> dict[str, object]:
     }
 
 
-def _fmt(value: float | None, unit: str = "") -> str:
+def fmt(value: float | None, unit: str = "") -> str:
     if value is None:
         return "—"
     if unit.endswith("/s"):
@@ -104,6 +136,27 @@ def _fmt(value: float | None, unit: str = "") -> str:
     if abs(value) >= 100:
         return f"{value:,.0f}"
     return f"{value:.3g}"
+
+
+def fmt_ratio(ratio: float | None, target: float | None = None) -> str:
+    """A ratio to a baseline, with the ratio wanted if there is one: three significant
+    digits, so that a ratio far below 1 does not show as 0.00x.
+
+    >>> fmt_ratio(0.004381), fmt_ratio(0.84, 0.7), fmt_ratio(2800.7, 100.0)
+    ('0.00438x', '0.84x (≥ 0.7x)', '2,801x (≥ 100x)')
+    """
+    if ratio is None:
+        return ""
+    text = f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:.3g}x"
+    return text + (f" (≥ {target:g}x)" if target is not None else "")
+
+
+def wide(console: Console) -> Console:
+    """`console`, or when it writes to a file or a pipe (80 columns by default) one as
+    wide as a table needs, so that figure names are not wrapped into tall rows."""
+    if console.is_terminal:
+        return console
+    return Console(file=console.file, width=max(console.width, 200), soft_wrap=True)
 
 
 def render(title: str, figures: Sequence[Figure], console: Console) -> None:
@@ -122,18 +175,16 @@ def render(title: str, figures: Sequence[Figure], console: Console) -> None:
     for f in figures:
         target = ""
         if f.target is not None:
-            target = ("≥ " if f.better == "higher" else "≤ ") + _fmt(f.target, f.unit)
-        ratio = ""
-        if f.ratio is not None:
-            ratio = f"{f.ratio:.2f}x" + (f" (≥ {f.ratio_target}x)" if f.ratio_target else "")
+            target = ("≥ " if f.better == "higher" else "≤ ") + fmt(f.target, f.unit)
+        ratio = fmt_ratio(f.ratio, f.ratio_target)
         met = {True: "[green]yes[/]", False: "[red]no[/]", None: ""}[f.met]
         table.add_row(
             f.name,
-            _fmt(f.value, f.unit),
+            fmt(f.value, f.unit),
             f.unit,
             target,
             f.baseline_name or "",
-            _fmt(f.baseline, f.unit),
+            fmt(f.baseline, f.unit),
             ratio,
             met,
         )

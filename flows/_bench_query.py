@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flows import bank
-from flows._bench import Figure, interleaved, rate, timed
+from flows._bench import PERCENTILES, Figure, interleaved, percentile, rate, timed
 from flows._bench_store import Scale, _fresh_dir, build_log
 from flows._progress import Report
 from queries import Plan, Projections, QueryLayer
@@ -44,7 +44,49 @@ def _per_call(n: int, call: Callable[[int], object]) -> float:
     return (time.perf_counter() - start) / n
 
 
-def _view_vs_scan(layer: QueryLayer, sql: str, scale: Scale, ratio_target: float | None) -> Figure:
+def _each_call(n: int, call: Callable[[int], object]) -> list[float]:
+    """Seconds of each of `n` calls (for percentiles; the clock costs ~0.1 µs a call)."""
+    clock = time.perf_counter
+    out = []
+    for i in range(n):
+        start = clock()
+        call(i)
+        out.append(clock() - start)
+    return out
+
+
+def latency_figures(
+    what: str,
+    samples: list[list[float]],
+    baseline_name: str | None = None,
+    baseline_samples: list[list[float]] | None = None,
+) -> list[Figure]:
+    """P50/P95/P99/P99.9 of each run's per-call seconds, in µs, medians over the runs,
+    each beside the same percentile of the baseline's runs when there is one."""
+
+    def per_run(runs: list[list[float]], q: float) -> tuple[float, ...]:
+        return tuple(percentile(run, q) * 1e6 for run in runs)
+
+    return [
+        Figure(
+            f"query latency, {what}, {name}",
+            "µs",
+            per_run(samples, q),
+            "lower",
+            baseline_name=baseline_name,
+            baseline_runs=per_run(baseline_samples, q) if baseline_samples else (),
+        )
+        for name, q in PERCENTILES
+    ]
+
+
+def _view_vs_scan(
+    layer: QueryLayer,
+    sql: str,
+    scale: Scale,
+    ratio_target: float | None,
+    latencies: list[list[float]] | None = None,
+) -> Figure:
     """`sql` run uncached by the view the planner chose, and by its base-scan plan."""
     plan, params = layer.planner.plan(sql)
     assert plan.chosen.target != "log", plan.chosen
@@ -54,12 +96,14 @@ def _view_vs_scan(layer: QueryLayer, sql: str, scale: Scale, ratio_target: float
     def run_plan(p: Plan) -> float:
         return rate(1, timed(lambda: layer.execute(p, params)))
 
+    def from_view_run() -> float:
+        seconds = _each_call(_VIEW_REPEATS, lambda _: layer.execute(plan, params))
+        if latencies is not None:
+            latencies.append(seconds)
+        return 1 / statistics.median(seconds)
+
     run_plan(plan), run_plan(base_plan)  # the first runs learn the schema, register the log
-    from_view, from_log = interleaved(
-        scale.runs,
-        lambda: statistics.median(run_plan(plan) for _ in range(5)),
-        lambda: run_plan(base_plan),
-    )
+    from_view, from_log = interleaved(scale.runs, from_view_run, lambda: run_plan(base_plan))
     return Figure(
         f"aggregate from a view ({plan.chosen.target}, {plan.chosen.rule})",
         "queries/s",
@@ -71,9 +115,18 @@ def _view_vs_scan(layer: QueryLayer, sql: str, scale: Scale, ratio_target: float
     )
 
 
-def bench_query(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
-    directory = _fresh_dir(workdir)
-    build_log(directory, scale, progress)
+# Runs of an aggregate from a view per measured run: its median is the run's figure,
+# and all of them are latency samples.
+_VIEW_REPEATS = 25
+
+
+def bench_query(
+    scale: Scale, workdir: Path, progress: Report, log: Path | None = None
+) -> list[Figure]:
+    """`log`: a data directory `build_log` wrote at this scale (see `bench_read`)."""
+    directory = log if log is not None else _fresh_dir(workdir)
+    if log is None:
+        build_log(directory, scale, progress)
     progress("building the bank's views from the log")
     reader = LogReader.open(directory)
     projections = Projections.open(directory, bank.VIEWS, bank.layout(), reader=reader)
@@ -100,6 +153,9 @@ def bench_query(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
         figures.append(
             Figure("cached query results", "queries/s", tuple(cached), "higher", 200_000)
         )
+        cached_latency = [
+            _each_call(2_000, lambda i: layer.run(AGGREGATE)) for _ in range(scale.runs)
+        ]
 
         progress("uncached point lookups vs raw prepared DuckDB lookups")
         raw = projections.con.cursor()
@@ -107,16 +163,20 @@ def bench_query(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
         prepared = f"SELECT account, balance FROM {table} WHERE account = $1"
         n = 500
         offset = 0
+        lookups: list[list[float]] = []
+        raw_lookups: list[list[float]] = []
 
         def ours() -> float:
             nonlocal offset
             offset += n  # new keys: every query misses the result cache
             keys = [accounts[(offset + i) % len(accounts)] for i in range(n)]
-            return rate(1, _per_call(n, lambda i: layer.run(LOOKUP.format(keys[i]))))
+            lookups.append(_each_call(n, lambda i: layer.run(LOOKUP.format(keys[i]))))
+            return rate(n, sum(lookups[-1]))
 
         def baseline() -> float:
             keys = [accounts[(offset + n + i) % len(accounts)] for i in range(n)]
-            return rate(1, _per_call(n, lambda i: raw.execute(prepared, [keys[i]]).fetchall()))
+            raw_lookups.append(_each_call(n, lambda i: raw.execute(prepared, [keys[i]]).fetchall()))
+            return rate(n, sum(raw_lookups[-1]))
 
         mine, theirs = interleaved(scale.runs, ours, baseline)
         figures.append(
@@ -131,10 +191,21 @@ def bench_query(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
             )
         )
 
-        for sql, ratio_target in ((EXACT, 100.0), (AGGREGATE, None)):
+        exact_latency: list[list[float]] = []
+        for sql, ratio_target, samples in ((EXACT, 100.0, exact_latency), (AGGREGATE, None, None)):
             progress(f"an aggregate from a view vs the base scan of {scale.log_events:,} events")
-            figures.append(_view_vs_scan(layer, sql, scale, ratio_target))
+            figures.append(_view_vs_scan(layer, sql, scale, ratio_target, samples))
     finally:
         layer.close()
         projections.close()
-    return figures
+    return [
+        *figures,
+        *latency_figures(
+            "uncached point lookup on a view",
+            lookups,
+            "raw prepared DuckDB lookup (fetchall)",
+            raw_lookups,
+        ),
+        *latency_figures("cached result", cached_latency),
+        *latency_figures("aggregate from a view (exact match)", exact_latency),
+    ]

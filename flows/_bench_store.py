@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import tempfile
 import time
@@ -11,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pyarrow as pa
 
 from flows import bank
-from flows._bench import Figure, interleaved, rate, timed
+from flows._bench import PERCENTILES, Figure, interleaved, percentile, rate, timed
 from flows._progress import Report
 from store import (
     ArrowLog,
@@ -38,13 +40,27 @@ class Scale:
     log_events: int  # size of the log that reads are measured on
     hot_events: int  # events of the one aggregate read back by `read_stream`
     rss_commands: int  # commands of the memory run (over a tenth as many accounts)
+    decode_events: int = 100_000  # events of the log decoded to Python objects
+    codec_events: int = 20_000  # events each codec encodes and decodes per run
+    peer_commands: int = 2_000  # commands through the `eventsourcing` peer per run
+    fsyncs: int = 100  # fsyncs per run when measuring the disk's fsync latency
 
 
 SCALES = {
-    "small": Scale(100_000, 3, 1_000_000, 1_000, rss_commands=200_000),
-    "medium": Scale(300_000, 5, 10_000_000, 10_000, rss_commands=10_000_000),
-    "large": Scale(1_000_000, 7, 10_000_000, 10_000, rss_commands=10_000_000),
-}
+    # `bench all --scale small` finishes within a minute on 2 busy cores.
+    "small": Scale(
+        100_000, 3, 500_000, 1_000, 100_000,
+        decode_events=50_000, codec_events=20_000, peer_commands=1_000, fsyncs=200,
+    ),
+    "medium": Scale(
+        300_000, 5, 10_000_000, 10_000, 10_000_000,
+        decode_events=500_000, codec_events=200_000, peer_commands=10_000, fsyncs=500,
+    ),
+    "large": Scale(
+        1_000_000, 7, 10_000_000, 10_000, 10_000_000,
+        decode_events=1_000_000, codec_events=1_000_000, peer_commands=50_000, fsyncs=1_000,
+    ),
+}  # fmt: skip
 
 
 def bank_batches(
@@ -89,17 +105,23 @@ def bank_batches(
         yield batch
 
 
-def raw_pyarrow_write(batches: list[list[NewEvent]], path: Path, layout: Layout) -> None:
+def raw_pyarrow_write(
+    batches: list[list[NewEvent]], path: Path, layout: Layout, *, fsync: bool = False
+) -> None:
     """The baseline: build the same columns from the same objects, write an IPC stream.
 
     Written the way one would without cqrsflow: one pass over the events filling a
-    list per column, then `pa.array` per column and a stream writer.
+    list per column, then `pa.array` per column and a stream writer. With `fsync`, each
+    batch is fsynced once written, as `Fsync.ALWAYS` does.
     """
     schema = layout.read_schema.remove_metadata()
-    fields_of = {c: [f.name for f in dataclasses.fields(c)] for c in bank.EVENTS}
+    fields_of = {c: _field_names(c) for c in bank.EVENTS}
     payload_names = list(layout.payload_columns)
     position = 0
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+    # An unbuffered Python file when fsyncing, so that each batch is on its way to the
+    # disk once `write_batch` returns and `os.fsync` has its descriptor.
+    sink_of = open(path, "wb", buffering=0) if fsync else pa.OSFile(str(path), "wb")  # noqa: SIM115
+    with sink_of as sink, pa.ipc.new_stream(sink, schema) as writer:
         for events in batches:
             n = len(events)
             payload: dict[str, list[Any]] = {c: [None] * n for c in payload_names}
@@ -122,7 +144,34 @@ def raw_pyarrow_write(batches: list[list[NewEvent]], path: Path, layout: Layout)
             arrays[2] = arrays[2].cast(schema.field(2).type)
             arrays[4] = arrays[4].cast(pa.dictionary(pa.int16(), pa.string()))
             writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+            if fsync:
+                os.fsync(sink.fileno())
             position += n
+
+
+def _field_names(cls: type) -> list[str]:
+    """The fields of an event class: a msgspec Struct's or a dataclass's."""
+    struct_fields = getattr(cls, "__struct_fields__", None)
+    if struct_fields is not None:
+        return list(struct_fields)
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def fsync_latencies(directory: Path, size: int, count: int) -> list[float]:
+    """Milliseconds of each of `count` appends of `size` bytes, each followed by fsync:
+    what the disk under `directory` makes every durable batch wait for at least."""
+    block = os.urandom(size)
+    fd = os.open(directory / "fsync.probe", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        out = []
+        for _ in range(count):
+            start = time.perf_counter()
+            os.write(fd, block)
+            os.fsync(fd)
+            out.append((time.perf_counter() - start) * 1000)
+        return out
+    finally:
+        os.close(fd)
 
 
 def _fresh_dir(parent: Path) -> Path:
@@ -144,15 +193,31 @@ def bench_write(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
 
         return run
 
-    def raw() -> float:
-        return rate(
-            n, timed(lambda: raw_pyarrow_write(batches, _fresh_dir(workdir) / "raw.arrows", layout))
-        )
+    def raw(fsync: bool) -> Callable[[], float]:
+        def run() -> float:
+            path = _fresh_dir(workdir) / "raw.arrows"
+            return rate(n, timed(lambda: raw_pyarrow_write(batches, path, layout, fsync=fsync)))
+
+        return run
 
     progress("append, fsync never vs raw pyarrow")
-    never, base = interleaved(scale.runs, ours(Fsync.NEVER), raw)
-    progress("append, fsync per batch")
-    always, _ = interleaved(scale.runs, ours(Fsync.ALWAYS))
+    never, base = interleaved(scale.runs, ours(Fsync.NEVER), raw(False))
+    progress("append, fsync per batch vs raw pyarrow with fsync per batch")
+    always, base_always = interleaved(scale.runs, ours(Fsync.ALWAYS), raw(True))
+    # One batch's bytes as the log stores them: what each fsync of a batch carries.
+    size = layout.encode(batches[0], 0).serialize().size
+    progress(f"the disk's fsync latency ({size / 1024:.0f} KiB appends)")
+    probe = _fresh_dir(workdir)
+    syncs = [fsync_latencies(probe, size, scale.fsyncs) for _ in range(scale.runs)]
+    fsync_figures = [
+        Figure(
+            f"fsync latency of the disk ({size / 1024:.0f} KiB append + fsync), {name}",
+            "ms",
+            tuple(percentile(run, q) for run in syncs),
+            "lower",
+        )
+        for name, q in PERCENTILES[:3]
+    ]
     return [
         Figure(
             "append from Python objects, fsync never",
@@ -170,7 +235,10 @@ def bench_write(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
             tuple(always),
             "higher",
             target=500_000,
+            baseline_name="raw pyarrow build+write, fsync per batch",
+            baseline_runs=tuple(base_always),
         ),
+        *fsync_figures,
     ]
 
 
@@ -208,10 +276,15 @@ def raw_scan(directory: Path) -> int:
     return rows
 
 
-def bench_read(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
-    directory = _fresh_dir(workdir)
-    build_log(directory, scale, progress)
-    reader = LogReader.open(directory)
+def bench_read(
+    scale: Scale, workdir: Path, progress: Report, log: Path | None = None
+) -> list[Figure]:
+    """`log`: a data directory `build_log` wrote at this scale, shared with `bench
+    query` by `bench all` (writing 10M events takes longer than reading them)."""
+    directory = log if log is not None else _fresh_dir(workdir)
+    if log is None:
+        build_log(directory, scale, progress)
+    reader = LogReader.open(directory, bank.layout())
     total = sum(reader.watermarks().values())
 
     def scan(log: LogReader) -> float:
@@ -233,6 +306,9 @@ def bench_read(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
     scan(reader)  # an open log keeps each sealed segment's parsed batches
     scans, raws = interleaved(scale.runs, lambda: scan(reader), raw)
     first_scans, _ = interleaved(scale.runs, lambda: scan(LogReader.open(directory)))
+
+    progress(f"{scale.decode_events:,} events decoded to Python objects vs to_pylist")
+    decoded, to_pylist = _decoded_read(reader, scale)
 
     progress("read_stream of the hot aggregate")
     cold_reader = LogReader.open(directory)
@@ -256,11 +332,20 @@ def bench_read(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
 
     tag = fingerprint(State)
     snapshots.save(HOT, 10_000, dataclasses.asdict(State("owner", 1234, 100, True)), tag)
-    loads = []
     reps = 1000
-    for _ in range(max(scale.runs, 5)):
-        seconds = timed(lambda: [snapshots.load(HOT, tag) for _ in range(reps)])
-        loads.append(seconds / reps * 1000)
+    (path,) = (directory / "snapshots").glob("*/*.snap")
+    body = msgpack.packb([HOT, 10_000, tag, dataclasses.asdict(State("owner", 1234, 100, True))])
+    header = path.stat().st_size - len(body)
+
+    def raw_load() -> object:
+        # The least a snapshot load can do: read the file, decode its msgpack body.
+        return msgpack.unpackb(memoryview(path.read_bytes())[header:])
+
+    loads, raw_loads = interleaved(
+        max(scale.runs, 5),
+        lambda: timed(lambda: [snapshots.load(HOT, tag) for _ in range(reps)]) / reps * 1000,
+        lambda: timed(lambda: [raw_load() for _ in range(reps)]) / reps * 1000,
+    )
 
     return [
         Figure(
@@ -293,5 +378,43 @@ def bench_read(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
             (cold,),
             "lower",
         ),
-        Figure("snapshot load", "ms", tuple(loads), "lower", target=1.0),
+        Figure(
+            f"events decoded to Python objects ({scale.decode_events:,})",
+            "events/s",
+            decoded,
+            "higher",
+            baseline_name="pyarrow to_pylist of the same batches (dicts)",
+            baseline_runs=to_pylist,
+        ),
+        Figure(
+            "snapshot load",
+            "ms",
+            tuple(loads),
+            "lower",
+            target=1.0,
+            baseline_name="raw read_bytes + msgpack.unpackb of the same file",
+            baseline_runs=tuple(raw_loads),
+        ),
     ]
+
+
+def _decoded_read(reader: LogReader, scale: Scale) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Events/s turning the log's first `decode_events` events into Python objects
+    (`RecordedEvent`s with the bank's payload classes), against pyarrow's own
+    conversion of the same batches to dicts. Batches are read (and kept parsed) first."""
+    batches: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in reader.read_all():
+        batches.append(batch)
+        rows += batch.num_rows
+        if rows >= scale.decode_events:
+            break
+
+    def ours() -> float:
+        return rate(rows, timed(lambda: [reader.decode(b) for b in batches]))
+
+    def raw() -> float:
+        return rate(rows, timed(lambda: [b.to_pylist() for b in batches]))
+
+    mine, theirs = interleaved(scale.runs, ours, raw)
+    return tuple(mine), tuple(theirs)

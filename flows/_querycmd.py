@@ -2,7 +2,9 @@
 
 `query --data DIR` opens the projections database itself (so no other process may hold
 it), brings the views up to the log, and answers. `serve` keeps the views current from
-the log in a thread and answers Flight clients (`query --connect`) meanwhile.
+the log in a thread and answers Flight clients (`query --connect`) meanwhile; its caches
+follow `Caching` (`--cache-policy`, `--redis`, `--warm-queries`), and it keeps the query
+shapes it was asked in DIR/query-shapes.json for the next start to warm with.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import FrameType
@@ -26,7 +29,8 @@ from flows._http import start_endpoints
 from flows._observe import serve_readiness, serve_registry
 from flows._progress import progress_bar
 from flows._projcmd import domain_views
-from queries import Projections
+from queries import CacheConfig, Projections
+from queries._cache_base import Policy
 from queries._flight import FlightQueryClient, FlightQueryServer
 from queries._follow import follow
 from queries._service import QueryLayer
@@ -45,8 +49,32 @@ def parse_after(values: list[str] | None) -> dict[int, int] | None:
     return after
 
 
+SHAPES_FILE = "query-shapes.json"
+WARM_SECONDS = 5.0
+QUERY_TIMEOUT = 30.0  # seconds, as QueryLayer's own default
+
+
+@dataclass(frozen=True)
+class Caching:
+    """How `serve` caches: an L3 Redis (URL) to share results through, the result and
+    hot-row caches' policy, how many frequent query shapes to re-run on start."""
+
+    redis: str | None = None
+    policy: Policy = "arc"
+    warm: int = 0
+
+
 @contextmanager
-def local_layer(data: Path, domain: str, console: Console | None = None) -> Iterator[QueryLayer]:
+def local_layer(
+    data: Path,
+    domain: str,
+    console: Console | None = None,
+    caching: Caching | None = None,
+    query_timeout: float = QUERY_TIMEOUT,
+) -> Iterator[QueryLayer]:
+    """A query layer over DIR, its views brought up to the log first; with `caching`
+    (a server), configured by it and keeping DIR/query-shapes.json. A query running
+    longer than `query_timeout` seconds is interrupted."""
     views, layout = domain_views(domain)
     reader = LogReader.open(data)
     projections = Projections.open(data, views, layout, reader=reader)
@@ -56,7 +84,19 @@ def local_layer(data: Path, domain: str, console: Console | None = None) -> Iter
             # Replaying the log into views that are behind can take a while.
             task = bar.add_task("bringing the views up to the log", total=behind)
             projections.catch_up(reader, progress=lambda n: bar.advance(task, n))
-        layer = QueryLayer(projections, reader)
+        if caching is None:
+            layer = QueryLayer(projections, reader, query_timeout=query_timeout)
+        else:
+            layer = QueryLayer(
+                projections,
+                reader,
+                query_timeout=query_timeout,
+                caches=CacheConfig(hot_policy=caching.policy, result_policy=caching.policy),
+                shared=caching.redis,
+                shapes=data / SHAPES_FILE,
+                warm=caching.warm,
+                warm_seconds=WARM_SECONDS,
+            )
         try:
             yield layer
         finally:
@@ -142,10 +182,15 @@ def serve(
     token: str | None,
     console: Console,
     endpoint: tuple[str, int, float],
+    caching: Caching | None = None,
+    *,
+    query_timeout: float = QUERY_TIMEOUT,
 ) -> int:
     """Maintain the views and answer Flight clients until SIGINT or SIGTERM; serve
-    metrics and health on `endpoint` (host, port, views' allowed lag; port -1: none)."""
-    with local_layer(data, domain) as layer:
+    metrics and health on `endpoint` (host, port, views' allowed lag; port -1: none);
+    interrupt a query after `query_timeout` seconds."""
+    caching = caching or Caching()
+    with local_layer(data, domain, caching=caching, query_timeout=query_timeout) as layer:
         endpoints = None
         metrics_host, metrics_port, ready_lag = endpoint
         if metrics_port >= 0:
@@ -177,9 +222,12 @@ def serve(
 
         signal.signal(signal.SIGTERM, shutdown)
         signal.signal(signal.SIGINT, shutdown)
+        shared = "; results shared through Redis" if caching.redis else ""
+        warmed = f"; warmed {layer.warmed} query shape(s)" if caching.warm else ""
         console.print(
             f"serving SQL over Arrow Flight at {server.location} "
-            f"({'token required' if token else 'no token'}); views follow the log in {data}",
+            f"({'token required' if token else 'no token'}); views follow the log in {data}"
+            f"{shared}{warmed}",
             highlight=False,
         )
         sys.stdout.flush()

@@ -92,6 +92,27 @@ def _parser() -> argparse.ArgumentParser:
         "partition of the log (default 2,000,000; 0: never)",
     )
     run.add_argument(
+        "--cache-size",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="aggregate states each partition's shard keeps in memory (default 100,000)",
+    )
+    run.add_argument(
+        "--cache-policy",
+        choices=["lru", "lfu", "arc"],
+        default="lru",
+        help="which states the aggregate cache evicts first (default: lru)",
+    )
+    run.add_argument(
+        "--warm",
+        type=int,
+        default=0,
+        metavar="N",
+        help="on start, load the N busiest aggregates of each partition's recent history "
+        "into the cache, for at most 5 s (default 0: off)",
+    )
+    run.add_argument(
         "--bytewax-metrics",
         action="store_true",
         help="also serve bytewax's own metrics (per-step durations); turns on bytewax's web "
@@ -140,6 +161,33 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
     serve.add_argument("--token", help="require this token (default: $CQRSFLOW_TOKEN)")
     serve.add_argument("--domain", choices=DOMAINS, default="bank", help="default: bank")
+    serve.add_argument(
+        "--query-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="interrupt a query that runs longer, and tell its client so (default 30)",
+    )
+    serve.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share results with other servers of the same log through Redis "
+        "(redis://HOST:PORT/DB; one database per log)",
+    )
+    serve.add_argument(
+        "--cache-policy",
+        choices=["lru", "lfu", "arc"],
+        default="arc",
+        help="eviction policy of the result and hot-row caches (default: arc)",
+    )
+    serve.add_argument(
+        "--warm-queries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="on start, re-run the N most frequent query shapes of earlier runs "
+        "(DIR/query-shapes.json), for at most 5 s (default 0: off)",
+    )
     _endpoint_flags(serve, 9465)
 
     proj = sub.add_parser(
@@ -184,27 +232,9 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("-n", type=int, default=10, help="how many of the latest events (default 10)")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
 
-    bench = sub.add_parser(
-        "bench",
-        help="measure throughput and latency against baselines",
-        description="Measure cqrsflow against baselines run in the same process. Every figure "
-        "is a median of several runs; ratios compare with the baseline measured alongside.",
-    )
-    bench.add_argument(
-        "suite",
-        choices=["write", "read", "commands", "projections", "query"],
-        help="what to measure",
-    )
-    bench.add_argument(
-        "--json", action="store_true", help="print one JSON object with every figure"
-    )
-    bench.add_argument(
-        "--scale",
-        choices=["small", "medium", "large"],
-        default="medium",
-        help="workload size: small finishes in about a minute (default medium)",
-    )
-    bench.add_argument("--workdir", type=Path, help="where to write scratch logs (default: temp)")
+    from flows._bench_all import add_bench_parser
+
+    add_bench_parser(sub)  # bench SUITE|all|compare, with the suites it has registered
 
     top = sub.add_parser(
         "top",
@@ -295,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as err:  # a failure inside the dataflow arrives wrapped by bytewax
         cause = _root_cause(err)
-        if not isinstance(cause, StoreError | OSError):
+        if cause is None:
             raise
         errors.print(f"cqrsflow: {cause}", markup=False, highlight=False)
         return EXIT_FAILURE
@@ -341,12 +371,16 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console)
     from flows._progress import answered_progress, count_records
     from flows._projcmd import start_follower, stop_follower
     from flows._runcmd import RunOptions, prepare, run_process, summarize
+    from flows._shard import ShardConfig
 
     if args.commands != "-" and not Path(args.commands).exists():
         raise UsageError(f"--commands {args.commands}: no such file or directory")
-    for flag in ("workers", "processes", "partitions"):
+    if args.warm < 0:
+        raise UsageError(f"--warm {args.warm}: expected a count >= 0")
+    for flag in ("workers", "processes", "partitions", "cache_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise UsageError(f"--{flag} {getattr(args, flag)}: expected at least 1")
+            name = flag.replace("_", "-")
+            raise UsageError(f"--{name} {getattr(args, flag)}: expected at least 1")
     existing = log_partitions(args.data)
     if existing is not None and args.partitions not in (None, existing):
         raise UsageError(
@@ -364,6 +398,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console)
         process_id=args.process_id,
         addresses=args.addresses.split(";") if args.addresses else None,
         max_view_lag=args.max_view_lag,
+        shard=ShardConfig(
+            cache_size=args.cache_size, cache_policy=args.cache_policy, warm=args.warm
+        ),
     )
     if args.process_id is not None:  # a child of a cluster run
         run_process(DOMAINS[args.domain](), options)
@@ -435,13 +472,23 @@ def _bank() -> Any:
 DOMAINS = {"bank": _bank}
 
 
-def _root_cause(err: BaseException) -> BaseException:
-    """The exception at the bottom of a chain (bytewax wraps what a step raised)."""
-    seen = {id(err)}
-    while err.__cause__ is not None and id(err.__cause__) not in seen:
-        err = err.__cause__
-        seen.add(id(err))
-    return err
+def _root_cause(err: BaseException) -> BaseException | None:
+    """The error to report in one line: the outermost StoreError, ConnectorError,
+    QueryError or OSError of the chain (bytewax wraps what a step raised, and the store
+    wraps the bare OSError it translated: the outer one names the file and the fix);
+    None if the chain holds none, a bug to show with its traceback."""
+    connectors = sys.modules.get("connectors._errors")  # none of its errors unless loaded
+    reported: tuple[type[BaseException], ...] = (StoreError, QueryError, OSError)
+    if connectors is not None:
+        reported += (connectors.ConnectorError,)
+    seen: set[int] = set()
+    found: BaseException | None = err
+    while found is not None and id(found) not in seen:
+        if isinstance(found, reported):
+            return found
+        seen.add(id(found))
+        found = found.__cause__
+    return None
 
 
 def _require_log(data: Path) -> None:
@@ -490,12 +537,19 @@ def _query(args: argparse.Namespace, console: Console) -> int:
 
 
 def _serve(args: argparse.Namespace, console: Console) -> int:
-    from flows._querycmd import serve
+    from flows._querycmd import Caching, serve
 
     _require_log(args.data)
     token = args.token or os.environ.get("CQRSFLOW_TOKEN")
     endpoint = (args.metrics_host, args.metrics_port, args.ready_lag)
-    return serve(args.data, args.domain, args.host, args.port, token, console, endpoint)
+    if args.warm_queries < 0:
+        raise UsageError(f"--warm-queries {args.warm_queries}: expected a count >= 0")
+    if not args.query_timeout > 0:
+        raise UsageError(f"--query-timeout {args.query_timeout}: expected seconds > 0")
+    caching = Caching(args.redis, args.cache_policy, args.warm_queries)
+    timeout = args.query_timeout
+    server = (args.data, args.domain, args.host, args.port, token, console, endpoint)
+    return serve(*server, caching, query_timeout=timeout)
 
 
 def _projections(args: argparse.Namespace, console: Console) -> int:
@@ -511,35 +565,17 @@ def _projections(args: argparse.Namespace, console: Console) -> int:
 
 
 def _bench(args: argparse.Namespace, console: Console, errors: Console) -> int:
-    from flows._bench import render, to_json
-    from flows._bench_flow import bench_commands
-    from flows._bench_query import bench_query
-    from flows._bench_store import SCALES, bench_read, bench_write
-    from flows._bench_views import VIEW_SCALES, bench_projections
-    from flows._progress import reporting
+    from flows._bench import BenchUsageError
+    from flows._bench_all import SuiteUnavailable, bench_command
+    from flows._bench_peer import PeerMissing
 
-    scale = SCALES[args.scale]
-    quiet = args.json or not errors.is_terminal
-    with (
-        reporting(errors, quiet=quiet) as progress,
-        tempfile.TemporaryDirectory(dir=args.workdir, prefix="cqrsflow-bench-") as tmp,
-    ):
-        work = Path(tmp)
-        if args.suite == "projections":  # sized by the events of its log, not by `Scale`
-            figures = bench_projections(VIEW_SCALES[args.scale], work, progress)
-        else:
-            suite = {
-                "write": bench_write,
-                "read": bench_read,
-                "commands": bench_commands,
-                "query": bench_query,
-            }
-            figures = suite[args.suite](scale, work, progress)
-    if args.json:
-        print(to_json(figures))
-    else:
-        render(f"cqrsflow bench {args.suite} ({args.scale})", figures, console)
-    return EXIT_OK
+    try:
+        return bench_command(args, console, errors)
+    except BenchUsageError as err:
+        raise UsageError(str(err)) from None
+    except (SuiteUnavailable, PeerMissing) as err:
+        errors.print(f"cqrsflow: {err}", markup=False, highlight=False)
+        return EXIT_FAILURE
 
 
 def _top(args: argparse.Namespace, console: Console, errors: Console) -> int:
