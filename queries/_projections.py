@@ -15,8 +15,10 @@ the new version live and drops the old.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +111,17 @@ def fingerprint(declared: Declared) -> str:
     else:
         text = f"python:{declared.version}:" + repr(sorted(declared.tables.items()))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _disk_full(err: BaseException) -> QueryError | None:
+    """One line with the fix for DuckDB's failure to write the database to a full disk."""
+    if not isinstance(err, duckdb.Error) or os.strerror(errno.ENOSPC) not in str(err):
+        return None
+    said = str(err).splitlines()[0].removeprefix("TransactionContext Error: ")
+    return QueryError(
+        f"the views could not be written, the disk is full ({said}); free space and run "
+        "again: the views resume from the last batch they applied"
+    )
 
 
 def open_database(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -276,8 +289,8 @@ class Projections:
             if live:
                 self._expose(target)
             self.con.commit()
-        except BaseException:
-            self.con.rollback()
+        except BaseException as err:
+            self._roll_back(err)
             raise
         return target
 
@@ -392,6 +405,7 @@ class Projections:
         conformed: dict[tuple[tuple[int, int], ...], pa.Table] = {}
         counted: list[tuple[str, int]] = []
         started = time.perf_counter()
+        before = [(t, dict(t.checkpoint)) for t in targets]
         self.con.begin()
         try:
             for target in targets:
@@ -426,10 +440,14 @@ class Projections:
                     f"INSERT OR REPLACE INTO cqrsflow.checkpoints VALUES {rows}", checkpoints
                 )
             self.con.commit()
-        except BaseException:
+        except BaseException as err:
             self._touched = {}
-            self.con.rollback()
-            self._reload_checkpoints()
+            self._roll_back(err)
+            for target, checkpoint in before:  # as the rolled-back database has them
+                target.checkpoint = checkpoint
+            full = _disk_full(err)
+            if full is not None:
+                raise full from err
             raise
         MAINTENANCE_SECONDS.observe(time.perf_counter() - started)
         for name, n in counted:
@@ -482,9 +500,15 @@ class Projections:
         keys = self.con.sql(f"SELECT {key} FROM {DELTA}").to_arrow_table().column(0)
         return keys.combine_chunks()
 
-    def _reload_checkpoints(self) -> None:
-        for t in self._targets:
-            t.checkpoint = self._target(t.declared, t.definition, t.version, t.live).checkpoint
+    def _roll_back(self, err: BaseException) -> None:
+        """Roll back the transaction `err` broke off, without hiding `err`: a COMMIT that
+        failed (a full disk) has ended the transaction already, and DuckDB refuses the
+        ROLLBACK then ("no transaction is active")."""
+        try:
+            self.con.rollback()
+        except duckdb.Error as failed:
+            if "no transaction is active" not in str(failed):
+                err.add_note(f"rolling back failed as well: {failed}")
 
     def _swap_built(self) -> None:
         """Make each version built beside a live one live, once it has caught up."""
@@ -505,8 +529,8 @@ class Projections:
                 )
                 self._expose(new)
                 self.con.commit()
-            except BaseException:
-                self.con.rollback()
+            except BaseException as err:
+                self._roll_back(err)
                 raise
             new.live = True
             if old is not None:

@@ -353,12 +353,18 @@ class ArrowLog(LogReader):
             w.flush()
 
     def close(self) -> None:
-        try:
-            for w in self._writers.values():
+        """Close every partition (releasing its lock) even if one fails to; then raise
+        the first failure."""
+        failed: BaseException | None = None
+        for w in self._writers.values():
+            try:
                 w.close()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown()
+            except BaseException as err:  # re-raised below, once every lock is released
+                failed = failed or err
+        if self._pool is not None:
+            self._pool.shutdown()
+        if failed is not None:
+            raise failed
 
     def __enter__(self) -> ArrowLog:
         return self

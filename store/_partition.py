@@ -8,8 +8,10 @@ process at a time may write a partition, enforced by an exclusive ``flock`` on i
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from itertools import repeat
@@ -52,7 +54,11 @@ def list_segments(directory: Path) -> list[int]:
 
 
 class PartitionReader:
-    """Reads one partition; safe while another process writes it."""
+    """Reads one partition; safe while another process writes it.
+
+    Threads may share one for scans (`batches`, `refresh`, `next_position`): `serve`'s
+    follower refreshes it while queries scan it. The index lookups are for one thread.
+    """
 
     def __init__(self, directory: Path, number: int, classes: Layout | None):
         self.directory = directory
@@ -66,20 +72,22 @@ class PartitionReader:
         self._rows_folded = 0
         self._stale = False
         self._decoders: dict[int, tuple[Layout, Layout]] = {}
+        self._lock = threading.Lock()  # refreshes take turns: each may add a segment
         self.refresh()
 
     # -- segments -----------------------------------------------------------
 
     def refresh(self) -> None:
         """See segments and batches committed since the last call."""
-        known = {s.files.first_position for s in self.segments}
-        for first in list_segments(self.directory):
-            if first not in known:
-                if self.segments:
-                    self._seal_reader(self.segments[-1])
-                self.segments.append(SegmentReader(SegmentFiles(self.directory, first)))
-        for seg in self.segments:
-            seg.refresh()
+        with self._lock:
+            known = {s.files.first_position for s in self.segments}
+            for first in list_segments(self.directory):
+                if first not in known:
+                    if self.segments:
+                        self._seal_reader(self.segments[-1])
+                    self.segments.append(SegmentReader(SegmentFiles(self.directory, first)))
+            for seg in list(self.segments):
+                seg.refresh()
 
     def _seal_reader(self, seg: SegmentReader) -> None:
         """The active segment was rotated: it is sealed, and a new one is active."""
@@ -308,12 +316,17 @@ class PartitionWriter:
         try:
             self._open()
         except BaseException:
+            active: SegmentWriter | None = getattr(self, "active", None)
+            if active is not None:
+                active.close()
             os.close(self._lock_fd)
             raise
         self._last_sync = time.monotonic()
         self._dirty = False
 
     def _open(self) -> None:
+        for stale in self.directory.glob("*.tmp"):  # a creation or index cut short
+            stale.unlink(missing_ok=True)
         firsts = list_segments(self.directory)
         writer: SegmentWriter | None = None
         if firsts:
@@ -331,10 +344,10 @@ class PartitionWriter:
                 writer = SegmentWriter(files, on_disk, entries=kept)
         else:
             writer = SegmentWriter.create(SegmentFiles(self.directory, 0), self.layout)
+        self.active = writer
         self.reader = PartitionReader(self.directory, self.number, self.layout)
         self.sealed_versions = self.reader.sealed_versions()
         self.versions = self.reader.active_versions()  # the active segment's aggregates
-        self.active = writer
         self.next_position = self.reader.next_position
         if not writer.layout.same_as(self.layout):
             self._rotate()  # the event classes changed: new segment, new schema
@@ -483,19 +496,30 @@ class PartitionWriter:
             self._dirty = False
 
     def _rotate(self) -> None:
-        """Seal the active segment (end marker, index) and start a new one."""
+        """Seal the active segment (end marker, index) and start a new one.
+
+        All or nothing: if a step fails (a full disk), the end marker and the index
+        are cut again and the segment stays active, open and appended to, so this
+        writer goes on once space returns (the next append tries the rotation again).
+        """
         seg = self.active
-        reader_seg = self.reader.segments[-1]
         if seg.batches == 0:
             return self._replace_empty()
-        seg.seal()
-        ROTATIONS.inc()
-        reader_seg.refresh()
-        write_index(seg.files.index, [reader_seg.batch(i) for i in range(len(reader_seg.entries))])
-        fsync_dir(self.directory)
+        reader_seg = self.reader.segments[-1]
         files = SegmentFiles(self.directory, self.next_position)
-        self.active = SegmentWriter.create(files, self.layout)
-        reader_seg.refresh()
+        seg.seal()  # on failure, cuts its end marker again itself
+        try:
+            reader_seg.refresh()
+            batches = [reader_seg.batch(i) for i in range(len(reader_seg.entries))]
+            write_index(seg.files.index, batches)
+            _fsync_dir(self.directory, f"sealing {seg.files.data}")
+            active = SegmentWriter.create(files, self.layout)
+        except BaseException:  # whatever it was, appends must not go on past an end marker
+            self._unseal(seg)
+            raise
+        seg.close()
+        ROTATIONS.inc()
+        self.active = active
         self.reader.refresh()
         # The sealed segment's aggregates move from the dict to the sealed arrays.
         self.sealed_versions = self.sealed_versions.merge(SealedIndex(seg.files.index))
@@ -503,22 +527,42 @@ class PartitionWriter:
         self._dirty = False
         return None
 
+    def _unseal(self, seg: SegmentWriter) -> None:
+        """Undo a rotation cut short: the segment is active again, as recovery on the
+        next open would make it (which also drops an index of the active segment)."""
+        for path in (seg.files.index, seg.files.index.with_suffix(".hot")):
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        seg.unseal()
+
     def _replace_empty(self) -> None:
         files = self.active.files
+        fresh = SegmentWriter.create(files, self.layout)  # on failure the old one stays
         self.active.close()
-        self.active = SegmentWriter.create(files, self.layout)
+        self.active = fresh
         self.reader.segments[-1] = SegmentReader(files)
         self.reader.segments[-1].refresh()
 
     def close(self) -> None:
+        """fsync what was written and release the partition: the lock is released
+        whatever the fsync says, so the log can be opened again."""
         if self._lock_fd < 0:
             return
+        lock, self._lock_fd = self._lock_fd, -1
         try:
             self.flush()
         finally:
-            self.active.close()
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+            try:
+                self.active.close()
+            finally:
+                os.close(lock)
+
+
+def _fsync_dir(directory: Path, what: str) -> None:
+    try:
+        fsync_dir(directory)
+    except OSError as err:
+        raise translate_os_error(err, what) from err
 
 
 def lock_partition(directory: Path, number: int) -> int:

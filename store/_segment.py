@@ -9,9 +9,10 @@ torn entry is as detectable as a torn batch. The directory starts with a preambl
 holding the length and CRC-32 of the stream's schema header, so damage to the header
 (which decides how every batch is read) is as detectable as damage to a batch.
 
-A segment comes into existence atomically: its directory (preamble only) is written,
-then its header to ``.arrows.tmp``, which is fsynced and renamed into place. A reader
-never sees a segment without its header.
+A segment comes into existence atomically: its directory (preamble only) and its
+header are written whole to ``.dir.tmp`` and ``.arrows.tmp``, fsynced, and renamed into
+place, the stream last. A reader never sees a segment without its header, and a disk
+that fills meanwhile leaves no torn header behind.
 
 A batch exists once its directory entry does: readers look only at directory entries,
 so a reader tailing the active segment never sees a partial batch, and recovery keeps
@@ -21,9 +22,11 @@ the longest prefix of entries whose bytes are all present and match their CRC.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from store._errors import CorruptionError, SchemaError, translate_os_error
+from store._errors import CorruptionError, SchemaError, StoreError, translate_os_error
 from store._gather import BufferMap, gather
 from store._layout import Layout
 
@@ -144,38 +147,54 @@ def header_bytes(layout: Layout) -> bytes:
 
 
 class SegmentWriter:
-    """Appends record batches to the active segment of a partition."""
+    """Appends record batches to the active segment of a partition.
+
+    A write the disk refuses (ENOSPC, or a short write, which a full disk also
+    returns) is cut back at once, so the files end at the last whole batch and the
+    writer can go on once space returns. Only if that cut itself fails is the writer
+    `broken`: it refuses appends until the log is reopened, whose recovery cuts the
+    same tail.
+    """
 
     def __init__(self, files: SegmentFiles, layout: Layout, *, entries: int):
         self.files = files
         self.layout = layout
         self.batches = entries
+        self.broken: str | None = None
         try:
             self._data_fd = os.open(files.data, os.O_WRONLY | os.O_APPEND)
+        except OSError as err:
+            raise translate_os_error(err, f"opening segment {files.data}") from err
+        try:
             self._dir_fd = os.open(files.dir, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as err:
+            os.close(self._data_fd)
             raise translate_os_error(err, f"opening segment {files.data}") from err
         self.size = os.fstat(self._data_fd).st_size
 
     @classmethod
     def create(cls, files: SegmentFiles, layout: Layout) -> SegmentWriter:
-        """Create (or re-create) an empty segment, atomically."""
+        """Create (or re-create) an empty segment, atomically.
+
+        Both files are written whole to temporaries and renamed into place, the
+        stream last: a segment that already exists stays as it was until then, and
+        a full disk leaves nothing behind but what was there before.
+        """
         header = header_bytes(layout)
-        tmp = files.data.with_suffix(".arrows.tmp")
+        dir_tmp = files.dir.with_suffix(".dir.tmp")
+        data_tmp = files.data.with_suffix(".arrows.tmp")
+        fresh = not files.data.exists()
         try:
-            for path, content in (
-                (files.dir, _preamble(header)),
-                (tmp, header),
-            ):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    os.write(fd, content)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            os.replace(tmp, files.data)
+            _write_file(dir_tmp, _preamble(header))
+            _write_file(data_tmp, header)
+            os.replace(dir_tmp, files.dir)
+            os.replace(data_tmp, files.data)
             fsync_dir(files.data.parent)
         except OSError as err:
+            leftovers = [dir_tmp, data_tmp] + ([files.dir, files.data] if fresh else [])
+            for path in leftovers:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
             raise translate_os_error(err, f"creating segment {files.data}") from err
         return cls(files, layout, entries=0)
 
@@ -183,6 +202,7 @@ class SegmentWriter:
         self, batch: pa.RecordBatch, event_codes: np.ndarray, timestamps: np.ndarray
     ) -> None:
         """Write one batch and then its directory entry. Not durable until `sync`."""
+        self._check_usable()
         message = batch.serialize()
         offset = self.size
         entry = _ENTRY.pack(
@@ -197,25 +217,34 @@ class SegmentWriter:
         )
         entry += struct.pack("<I", zlib.crc32(entry))
         try:
-            written = os.write(self._data_fd, message)
-            if written != message.size:
-                raise OSError(28, "No space left on device (short write)")
-            os.write(self._dir_fd, entry)
+            write_whole(self._data_fd, message)
+            write_whole(self._dir_fd, entry)
         except OSError as err:
-            self._undo(offset)
+            self._cut(offset, self.batches, f"appending to {self.files.data}")
             raise translate_os_error(err, f"appending to {self.files.data}") from err
         self.size = offset + message.size
         self.batches += 1
 
-    def _undo(self, offset: int) -> None:
-        """Cut a failed write back so the files end at the last whole batch."""
+    def _cut(self, size: int, entries: int, what: str) -> None:
+        """Cut a failed write back so the files end at the last whole batch (and the
+        next append's directory entry lands where recovery and readers expect it)."""
         try:
-            os.ftruncate(self._data_fd, offset)
-            os.ftruncate(self._dir_fd, entry_offset(self.batches))
-        except OSError:
-            pass  # recovery on the next open cuts the same tail
+            os.ftruncate(self._data_fd, size)
+            os.ftruncate(self._dir_fd, entry_offset(entries))
+        except OSError as err:
+            self.broken = f"{what} failed and could not be cut back ({err.strerror or err})"
+
+    def _check_usable(self) -> None:
+        if self._data_fd < 0:
+            raise StoreError(f"{self.files.data}: the segment's writer is closed; reopen the log")
+        if self.broken is not None:
+            raise StoreError(
+                f"{self.files.data}: {self.broken}; reopen the log, which cuts the segment "
+                "back to its last whole batch"
+            )
 
     def sync(self) -> None:
+        self._check_usable()
         try:
             os.fdatasync(self._data_fd)
             os.fdatasync(self._dir_fd)
@@ -223,20 +252,53 @@ class SegmentWriter:
             raise translate_os_error(err, f"fsync of {self.files.data}") from err
 
     def seal(self) -> None:
-        """Mark the stream's end and make it durable; the segment is immutable after this."""
+        """Mark the stream's end and make it durable; the segment is immutable after this
+        unless `unseal` cuts the marker again. On failure the marker is cut at once."""
+        self._check_usable()
         try:
-            os.write(self._data_fd, EOS)
-            self.size += len(EOS)
+            write_whole(self._data_fd, EOS)
         except OSError as err:
+            self._cut(self.size, self.batches, f"sealing {self.files.data}")
             raise translate_os_error(err, f"sealing {self.files.data}") from err
-        self.sync()
-        self.close()
+        self.size += len(EOS)
+        try:
+            self.sync()
+        except StoreError:
+            self.unseal()
+            raise
+
+    def unseal(self) -> None:
+        """Cut the end marker `seal` wrote: the rotation that sealed the segment failed,
+        and appends go on here (recovery does the same to an unfinished rotation)."""
+        self.size -= len(EOS)
+        self._cut(self.size, self.batches, f"cutting the end marker of {self.files.data}")
 
     def close(self) -> None:
         for fd in (self._data_fd, self._dir_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:  # never an fd number closed before, which may be reused since
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         self._data_fd = self._dir_fd = -1
+
+
+def write_whole(fd: int, data: bytes | pa.Buffer) -> None:
+    """os.write all of `data`; a short write on a file is a disk out of space."""
+    size = len(data)
+    written = os.write(fd, data)
+    if written != size:
+        raise OSError(
+            errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (wrote {written} of {size} bytes)"
+        )
+
+
+def _write_file(path: Path, content: bytes) -> None:
+    """A new file holding `content`, durable."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_whole(fd, content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -354,58 +416,91 @@ def _parsable_header_length(data: bytes) -> int:
         return 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What one refresh of a segment saw. A refresh builds a new one and publishes it
+    with one attribute store, so a thread reading meanwhile (a query scanning the log
+    while `serve`'s follower refreshes the same reader) sees the refresh before or the
+    one after, never half of one."""
+
+    entries: np.ndarray
+    starts: np.ndarray  # row offset of each batch within the segment
+    rows: int
+    buffer: pa.Buffer | None  # the memory map of the stream, covering every entry
+    mapped: mmap.mmap | None
+
+
 class SegmentReader:
-    """Zero-copy, memory-mapped reads of one segment's committed batches."""
+    """Zero-copy, memory-mapped reads of one segment's committed batches.
+
+    Safe to share between threads: refreshes take turns (a lock), reads take none.
+    """
 
     def __init__(self, files: SegmentFiles):
         self.files = files
-        self.entries = np.empty(0, ENTRY_DTYPE)
-        self.starts = np.empty(0, np.int64)  # row offset of each batch within the segment
-        self.rows = 0
-        self._buffer: pa.Buffer | None = None
-        self._mmap: mmap.mmap | None = None
-        self._mapped = 0
         self.layout: Layout | None = None
+        self.sealed = False
+        self._seen = _Seen(np.empty(0, ENTRY_DTYPE), np.empty(0, np.int64), 0, None, None)
+        # Decoded batches of a sealed segment. It only grows, and grows before a refresh
+        # publishes the entries it holds a slot for: an index read off `entries` is
+        # always a slot here.
         self._batches: list[pa.RecordBatch | None] = []
         self._buffer_map: BufferMap | None = None
-        self.sealed = False
+        self._lock = threading.Lock()
+
+    @property
+    def entries(self) -> np.ndarray:
+        """The committed batches' directory entries."""
+        return self._seen.entries
+
+    @property
+    def starts(self) -> np.ndarray:
+        """The row offset of each batch within the segment."""
+        return self._seen.starts
+
+    @property
+    def rows(self) -> int:
+        return self._seen.rows
 
     def refresh(self) -> None:
         """Pick up batches committed since the last call (a no-op once sealed)."""
         if self.sealed and self.layout is not None:
             return
-        new = []
-        for entry in read_entries(self.files, len(self.entries)):
-            if not entry_ok(entry):
-                break  # an entry being written right now; the next refresh sees it
-            new.append(entry)
-        if not new and self.layout is not None:
-            return
-        if new:
-            self.entries = np.concatenate([self.entries, np.array(new, ENTRY_DTYPE)])
-        end = (
-            int(self.entries[-1]["offset"] + self.entries[-1]["length"]) if len(self.entries) else 0
-        )
-        if self._buffer is None or end > self._mapped:
-            self._map()
-        counts = self.entries["count"].astype(np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        self.rows = int(counts.sum())
-        self._batches.extend([None] * (len(self.entries) - len(self._batches)))
+        with self._lock:
+            seen = self._seen
+            new = []
+            for entry in read_entries(self.files, len(seen.entries)):
+                if not entry_ok(entry):
+                    break  # an entry being written right now; the next refresh sees it
+                new.append(entry)
+            if not new and self.layout is not None:
+                return
+            entries = seen.entries
+            if new:
+                entries = np.concatenate([entries, np.array(new, ENTRY_DTYPE)])
+            end = int(entries[-1]["offset"] + entries[-1]["length"]) if len(entries) else 0
+            buffer, mapped = seen.buffer, seen.mapped
+            if buffer is None or end > buffer.size:
+                buffer, mapped = self._map(mapped)
+            counts = entries["count"].astype(np.int64)
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            self._batches.extend([None] * (len(entries) - len(self._batches)))
+            self._seen = _Seen(entries, starts, int(counts.sum()), buffer, mapped)
 
-    def _map(self) -> None:
-        self.release()  # the pages of the mapping this one replaces
+    def _map(self, replaced: mmap.mmap | None) -> tuple[pa.Buffer, mmap.mmap | None]:
+        """A new map of the whole stream (and the layout, the first time)."""
+        if replaced is not None:
+            _drop_pages(replaced)  # the pages of the mapping this one replaces
         try:
             with open(self.files.data, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                self._mmap = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else None
+                mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else None
         except OSError as err:
             raise translate_os_error(err, f"mapping {self.files.data}") from err
-        self._buffer = pa.py_buffer(self._mmap if self._mmap is not None else b"")
-        self._mapped = self._buffer.size
+        buffer = pa.py_buffer(mapped if mapped is not None else b"")
         if self.layout is None:
             try:
-                schema = pa.ipc.read_schema(pa.BufferReader(self._buffer))
+                schema = pa.ipc.read_schema(pa.BufferReader(buffer))
             except pa.ArrowException as err:
                 raise CorruptionError(
                     str(self.files.data),
@@ -413,6 +508,7 @@ class SegmentReader:
                     f"unreadable schema header ({err}); run `cqrsflow log verify`",
                 ) from err
             self.layout = Layout.from_schema(schema)
+        return buffer, mapped
 
     def release(self) -> None:
         """Drop the mapped pages from this process's resident memory.
@@ -422,39 +518,49 @@ class SegmentReader:
         large log call this after each read, so that resident memory holds what is
         in use, not every page ever touched.
         """
-        if self._mmap is not None and hasattr(mmap, "MADV_DONTNEED"):
-            self._mmap.madvise(mmap.MADV_DONTNEED)
+        mapped = self._seen.mapped
+        if mapped is not None:
+            _drop_pages(mapped)
 
     def batch(self, i: int) -> pa.RecordBatch:
         """The i-th batch in on-disk form, zero-copy from the memory map."""
         cached = self._batches[i]
         if cached is not None:
             return cached
-        assert self._buffer is not None and self.layout is not None
-        entry = self.entries[i]
-        offset, length = int(entry["offset"]), int(entry["length"])
-        try:
-            message = pa.ipc.read_message(self._buffer.slice(offset, length))
-            batch = pa.ipc.read_record_batch(message, self.layout.disk_schema)
-        except pa.ArrowException as err:
-            raise CorruptionError(str(self.files.data), offset, f"unreadable batch: {err}") from err
-        if self.sealed:
+        # Read `sealed` first: once it is set no refresh replaces the map any more, so
+        # a batch cached here was read from the segment's last map.
+        sealed = self.sealed
+        batch = self._read(self._seen, i)
+        if sealed:
             self._batches[i] = batch
         return batch
+
+    def _read(self, seen: _Seen, i: int) -> pa.RecordBatch:
+        assert seen.buffer is not None and self.layout is not None
+        entry = seen.entries[i]
+        offset, length = int(entry["offset"]), int(entry["length"])
+        try:
+            message = pa.ipc.read_message(seen.buffer.slice(offset, length))
+            return pa.ipc.read_record_batch(message, self.layout.disk_schema)
+        except pa.ArrowException as err:
+            raise CorruptionError(str(self.files.data), offset, f"unreadable batch: {err}") from err
 
     def take(self, rows: np.ndarray, aggregate_id: str | None) -> pa.RecordBatch:
         """Rows (segment-relative, ascending) as an on-disk batch, copied straight out
         of the memory map; `aggregate_id` when they are all that aggregate's."""
-        assert self._buffer is not None and self.layout is not None
-        if self._buffer_map is None:
-            self._buffer_map = BufferMap(self.layout.disk_schema, self.layout.payload_codes())
-        buffers = self._buffer_map
-        base = self._buffer.address
-        for i in range(buffers.batches, len(self.entries)):
-            buffers.add(self.batch(i), base)
-        batch_of = np.searchsorted(self.starts, rows, side="right") - 1
-        local = rows - self.starts[batch_of]
-        raw = np.frombuffer(self._buffer, dtype=np.uint8)
+        seen = self._seen
+        assert seen.buffer is not None and self.layout is not None
+        with self._lock:  # the buffer map grows in place
+            if self._buffer_map is None:
+                self._buffer_map = BufferMap(self.layout.disk_schema, self.layout.payload_codes())
+            buffers = self._buffer_map
+            base = seen.buffer.address
+            # Offsets within the file, so the batches must come from this very map.
+            for i in range(buffers.batches, len(seen.entries)):
+                buffers.add(self._read(seen, i), base)
+        batch_of = np.searchsorted(seen.starts, rows, side="right") - 1
+        local = rows - seen.starts[batch_of]
+        raw = np.frombuffer(seen.buffer, dtype=np.uint8)
         return gather(raw, buffers, batch_of, local, aggregate_id)
 
     def verify(self) -> Iterator[CorruptionError]:
@@ -516,3 +622,8 @@ class SegmentReader:
                 else f"{len(tail)} unexpected bytes"
             )
             yield CorruptionError(str(self.files.data), expected, f"{what} after the last batch")
+
+
+def _drop_pages(mapped: mmap.mmap) -> None:
+    if hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)

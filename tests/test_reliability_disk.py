@@ -28,10 +28,14 @@ from typing import Any
 import pytest
 from log_events import Deposited as LogDeposited
 from log_events import all_events, bank_layout, new_event
+from view_data import assert_views_match_log, bank_events, write_log
 
 from connectors import JsonLinesSink, SinkError
 from flows._results import Result
+from flows.bank import VIEWS, layout
+from queries import Projections, QueryError
 from store import ArrowLog, Fsync, LogConfig, LogReader, verify_log
+from store._segment import ENTRY_SIZE
 
 WRITER = Path(__file__).with_name("disk_writer.py")
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,13 +161,6 @@ def test_a_full_disk_fails_the_append_clearly_and_the_log_reopens_and_goes_on(
     assert any(out.acked and "creating segment" in out.error["message"] for out in found.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/_partition.py: a disk that fills while a rotation creates the next "
-    "segment (or writes the sealed one's index) leaves the writer on a closed segment: "
-    "every later append fails with 'Bad file descriptor' even once space returns, and "
-    "close() raises ValueError before releasing the partition lock",
-)
 def test_the_same_open_log_goes_on_once_space_returns(
     filled: tuple[Path, dict[int | None, Outcome]],
 ) -> None:
@@ -176,18 +173,22 @@ def test_the_same_open_log_goes_on_once_space_returns(
     assert stuck == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/_segment.py: SegmentWriter.create ignores a short os.write of the new "
-    "segment's header (and append() one of its directory entry), so a disk that fills "
-    "mid-write leaves a torn header renamed into place: CorruptionError, not "
-    "StorageFullError",
-)
 def test_a_short_write_is_a_full_disk_too(tmp_path: Path) -> None:
-    budgets = BUDGETS[:4]  # the log's first segments are created, then batches appended
     how = ["inject", str(tmp_path), str(PARTITIONS), str(SEGMENT_BYTES), "short"]
-    for out in outcomes(writer(*how, *map(str, budgets))).values():
+    found = outcomes(writer(*how, *map(str, BUDGETS)))
+    where = set()
+    for budget, out in found.items():
         check_refusal(out)
+        where.add(out.error["message"].split(" /")[0])
+        # Nothing torn was left in place: the log verifies, and the same open log
+        # (its files cut back to the last whole batch) goes on once space returns.
+        check_log(tmp_path / str(budget), out)
+        assert out.continued == {"continued": 40, "budget": budget}, out.continued
+        reopen_and_continue(tmp_path / str(budget))
+    # Short writes landed in a segment's header, a batch and a directory entry.
+    assert {"creating segment", "appending to"} <= where, where
+    messages = [out.error["message"] for out in found.values()]
+    assert any(f"of {ENTRY_SIZE} bytes" in m for m in messages), "no directory entry cut short"
 
 
 # -- a real disk: a small tmpfs -------------------------------------------------------------
@@ -258,6 +259,11 @@ def test_a_run_whose_disk_fills_up_stops_with_one_line_and_resumes_once_space_re
         last = full.stderr.strip().splitlines()[-1]
         assert last.startswith("cqrsflow: "), full.stderr
         assert "No space left on device" in last or FULL in last, last
+        # One line naming the file and the fix, from the run and from its views'
+        # follower alike: no traceback (a failed commit's rollback used to hide the
+        # disk-full error behind "no transaction is active").
+        assert str(data) in last and "free space and" in last, last
+        assert "Traceback" not in full.stderr, full.stderr
         assert list(verify_log(data)) == []  # readable and intact while still full
 
         grow(disk, 64 * 1024)
@@ -277,6 +283,30 @@ def test_a_run_whose_disk_fills_up_stops_with_one_line_and_resumes_once_space_re
         assert len(in_log) == len(set(in_log)), "a command's event was appended twice"
         accepted = {c for c, rs in results.items() if any(r["status"] == "accepted" for r in rs)}
         assert accepted == set(in_log)
+
+
+def test_views_on_a_full_disk_fail_with_the_disk_full_error_and_resume_once_space_returns(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "log"  # the log on a roomy disk, the views' database on a full one
+    write_log(log, bank_events(3, accounts=2000, events=10_000))
+    reader = LogReader.open(log)
+    with tmpfs(tmp_path / "disk", 64) as disk:
+        projections = Projections.open(disk, VIEWS, layout(), reader=reader)
+        try:
+            with pytest.raises(QueryError) as refused:
+                projections.catch_up(reader)
+            # The commit's own error, not "no transaction is active" from the rollback
+            # after it, in one line with the fix.
+            message = str(refused.value)
+            assert message.startswith("the views could not be written, the disk is full")
+            assert "projections.duckdb" in message and "free space and run again" in message
+            assert "no transaction" not in message and not getattr(refused.value, "__notes__", [])
+            grow(disk, 64 * 1024)
+            projections.catch_up(reader)  # from the checkpoints the failed commit left
+            assert_views_match_log(projections, reader)
+        finally:
+            projections.close()
 
 
 # -- the results sink ----------------------------------------------------------------------

@@ -50,7 +50,8 @@ class Server:
 
     def stats(self) -> dict[str, Any]:
         with self.client() as c:
-            [row] = c.query("-- stats").to_pylist()
+            [found] = c.query("-- stats").to_pylist()
+        row: dict[str, Any] = found
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         row["os_threads"] = int(status.split("Threads:")[1].split()[0])
         row["fds"] = len(os.listdir(f"/proc/{self.proc.pid}/fd"))
@@ -234,3 +235,41 @@ def test_a_storm_of_concurrent_queries_is_served_by_a_bounded_pool_and_leaks_not
     assert after["fds"] <= settled["fds"] + 10, (settled, after)
     server.answers()
     print(f"storms: {first}, {second} (answered, told to retry); {after}")
+
+
+# -- `cqrsflow serve --query-timeout` ----------------------------------------------------------
+
+
+def test_cqrsflow_serve_interrupts_a_query_after_its_query_timeout(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_log(data, bank_events(3, accounts=30, events=3000))
+    argv = [sys.executable, "-m", "flows.cli", "serve", "--data", str(data), "--port", "0"]
+    refused = subprocess.run(
+        [*argv, "--query-timeout", "0"], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "--query-timeout 0.0: expected seconds > 0" in refused.stderr
+    proc = subprocess.Popen(
+        [*argv, "--metrics-port", "-1", "--query-timeout", "1.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], START_GUARD_S)
+        line = proc.stdout.readline() if ready else ""
+        assert "serving SQL over Arrow Flight at " in line, line
+        url = line.split(" at ")[1].split()[0]
+        with FlightQueryClient(url, timeout=60) as c:
+            with pytest.raises(QueryTimeout, match=r"longer than 1\.5 s and was interrupted"):
+                c.query(RUNAWAY)
+            assert c.query("SELECT count(*) AS n FROM events").to_pylist() == [{"n": 3000}]
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
