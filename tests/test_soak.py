@@ -54,12 +54,6 @@ def test_a_one_minute_soak_answers_every_command_and_both_processes_end_well(
     assert value(figures, "soak: queries answered") > 0
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: it shows in most one-minute soaks, not in all
-    reason="store/_segment.py SegmentReader.refresh publishes new directory entries before "
-    "it grows its batch cache, and serve's follower thread and query threads refresh one "
-    "LogReader concurrently: a query that scans the log fails with IndexError",
-)
 def test_no_query_fails_during_the_soak(soak: Soak) -> None:
     figures, said = soak
     failed = [m for m in said if m.startswith("error: query")]
@@ -70,13 +64,5 @@ def test_the_run_keeps_its_memory_flat_after_warm_up(soak: Soak) -> None:
     check_flat(soak, "run")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="queries/_service.py (QueryLayer._register_log) with queries/_tables.py: a "
-    "query planned as a base scan of the log, while a flow appends small batches, "
-    "re-registers the whole log on its connection at every new watermark, one Arrow "
-    "chunk per stored batch; each such query takes ~1 s and the server's memory grows "
-    "by ~10 MB/s under the soak's mix",
-)
 def test_the_server_keeps_its_memory_flat_after_warm_up(soak: Soak) -> None:
     check_flat(soak, "serve")
