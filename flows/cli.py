@@ -94,9 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--cache-size",
         type=int,
-        default=100_000,
+        default=50_000,
         metavar="N",
-        help="aggregate states each partition's shard keeps in memory (default 100,000)",
+        help="aggregate states each partition's shard keeps in memory (default 50,000)",
     )
     run.add_argument(
         "--cache-policy",

@@ -234,6 +234,7 @@ class PartitionReader:
     def _rebuild_index(self, seg: SegmentReader) -> SealedIndex:
         """A sealed segment without a readable index: derive it from the segment."""
         write_index(seg.files.index, [seg.batch(i) for i in range(len(seg.entries))])
+        seg.release()
         return SealedIndex(seg.files.index)
 
     def last_version(self, aggregate_id: str) -> int:
@@ -512,6 +513,7 @@ class PartitionWriter:
             reader_seg.refresh()
             batches = [reader_seg.batch(i) for i in range(len(reader_seg.entries))]
             write_index(seg.files.index, batches)
+            reader_seg.release()  # indexing read every page of it; none is needed now
             _fsync_dir(self.directory, f"sealing {seg.files.data}")
             active = SegmentWriter.create(files, self.layout)
         except BaseException:  # whatever it was, appends must not go on past an end marker
