@@ -22,20 +22,9 @@ class _Synchronized(Cache[K, V]):
     """Every method of the policy under one lock (a cache shared by threads); a
     policy whose hit is one atomic dict operation overrides `get` to skip it."""
 
-    def __init__(
-        self,
-        max_entries: int,
-        max_bytes: int | None = None,
-        *,
-        weigh: Callable[[V], int] | None = None,
-        name: str = "cache",
-        tier: Tier = "L1",
-        on_evict: Callable[[K, V], None] | None = None,
-    ) -> None:
+    def _init_store(self) -> None:
         self._lock = threading.Lock()
-        super().__init__(
-            max_entries, max_bytes, weigh=weigh, name=name, tier=tier, on_evict=on_evict
-        )
+        super()._init_store()  # type: ignore[safe-super]
 
     def get(self, key: K, default: V | None = None) -> V | None:
         with self._lock:

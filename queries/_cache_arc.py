@@ -29,9 +29,8 @@ extensions keep that true when the cache is bounded by bytes as well as entries:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 
-from queries._cache_base import _MISSING, Cache, K, Tier, V, _Missing
+from queries._cache_base import _MISSING, Cache, K, V, _Missing
 
 
 class ARCCache(Cache[K, V]):
@@ -39,19 +38,7 @@ class ARCCache(Cache[K, V]):
 
     policy = "arc"
 
-    def __init__(
-        self,
-        max_entries: int,
-        max_bytes: int | None = None,
-        *,
-        weigh: Callable[[V], int] | None = None,
-        name: str = "cache",
-        tier: Tier = "L1",
-        on_evict: Callable[[K, V], None] | None = None,
-    ) -> None:
-        super().__init__(
-            max_entries, max_bytes, weigh=weigh, name=name, tier=tier, on_evict=on_evict
-        )
+    def _init_store(self) -> None:
         self._t1: OrderedDict[K, V] = OrderedDict()
         self._t2: OrderedDict[K, V] = OrderedDict()
         self._b1: OrderedDict[K, None] = OrderedDict()

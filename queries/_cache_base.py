@@ -143,6 +143,11 @@ class Cache(ABC, Generic[K, V]):
         self.misses = 0
         self.evictions = 0
         self.bytes = 0
+        self._init_store()
+
+    @abstractmethod
+    def _init_store(self) -> None:
+        """Set up the policy's own structures (called once by `__init__`)."""
 
     # -- the map ---------------------------------------------------------------------
 

@@ -18,9 +18,8 @@ used again.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 
-from queries._cache_base import _MISSING, Cache, K, Tier, V, _Missing
+from queries._cache_base import _MISSING, Cache, K, V, _Missing
 
 
 class LFUCache(Cache[K, V]):
@@ -28,19 +27,7 @@ class LFUCache(Cache[K, V]):
 
     policy = "lfu"
 
-    def __init__(
-        self,
-        max_entries: int,
-        max_bytes: int | None = None,
-        *,
-        weigh: Callable[[V], int] | None = None,
-        name: str = "cache",
-        tier: Tier = "L1",
-        on_evict: Callable[[K, V], None] | None = None,
-    ) -> None:
-        super().__init__(
-            max_entries, max_bytes, weigh=weigh, name=name, tier=tier, on_evict=on_evict
-        )
+    def _init_store(self) -> None:
         self._data: dict[K, V] = {}
         self._count: dict[K, int] = {}
         # use count -> the keys with that count, least recent first

@@ -13,9 +13,8 @@ One OrderedDict in recency order (least recent first): a hit is a lookup and a
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 
-from queries._cache_base import _MISSING, Cache, K, Tier, V, _Missing
+from queries._cache_base import _MISSING, Cache, K, V, _Missing
 
 
 class LRUCache(Cache[K, V]):
@@ -23,19 +22,7 @@ class LRUCache(Cache[K, V]):
 
     policy = "lru"
 
-    def __init__(
-        self,
-        max_entries: int,
-        max_bytes: int | None = None,
-        *,
-        weigh: Callable[[V], int] | None = None,
-        name: str = "cache",
-        tier: Tier = "L1",
-        on_evict: Callable[[K, V], None] | None = None,
-    ) -> None:
-        super().__init__(
-            max_entries, max_bytes, weigh=weigh, name=name, tier=tier, on_evict=on_evict
-        )
+    def _init_store(self) -> None:
         self._data: OrderedDict[K, V] = OrderedDict()
         self._touch = self._data.move_to_end
 
