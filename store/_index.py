@@ -168,7 +168,7 @@ class SealedIndex:
     """A memory-mapped sealed index; lookups are binary searches."""
 
     # Lookups between two drops of the mapped pages (see `release`).
-    RELEASE_EVERY = 64
+    RELEASE_EVERY = 16
 
     def __init__(self, path: Path):
         self.path = path

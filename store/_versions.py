@@ -39,7 +39,9 @@ class SealedVersions:
         keys = np.concatenate([index.keys, self.keys])  # newer first: np.unique keeps it
         last = np.concatenate([index.last_version, self.last])
         unique, first = np.unique(keys, return_index=True)
-        return SealedVersions(unique, last[first])
+        merged = SealedVersions(unique, last[first])
+        index.release()  # every key was read; the copies above are what is kept
+        return merged
 
     def get_many(self, aggregate_ids: list[str]) -> np.ndarray:
         """Last versions of these aggregates (0 for one not in any sealed segment)."""
