@@ -49,6 +49,7 @@ class SnapshotPolicy:
 def fingerprint(state_type: type) -> str:
     """A short hash of a state class's shape: field names and types, recursively.
 
+    >>> import dataclasses
     >>> @dataclasses.dataclass
     ... class Account:
     ...     balance: int
