@@ -218,7 +218,6 @@ def serve(
 
         def shutdown(signum: int, frame: FrameType | None) -> None:
             stop.set()
-            threading.Thread(target=server.shutdown, daemon=True).start()
 
         signal.signal(signal.SIGTERM, shutdown)
         signal.signal(signal.SIGINT, shutdown)
@@ -231,8 +230,12 @@ def serve(
             highlight=False,
         )
         sys.stdout.flush()
-        server.serve()
-        stop.set()
+        # The server answers on gRPC's threads from its construction on; this thread
+        # only waits for a signal. Not `server.serve()`: a signal that lands just
+        # before it blocks would ask for a shutdown that serve() then never sees.
+        while not stop.wait(0.5):
+            pass
+        server.shutdown()
         follower.join()
         if endpoints is not None:
             endpoints.close()
