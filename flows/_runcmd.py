@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,24 +118,31 @@ def _result_lines(data_dir: Path) -> dict[Path, int]:
 
 def new_results(data_dir: Path, before: dict[Path, int]) -> list[Result]:
     """The results written since `before` (what `prepare` returned)."""
-    decoder = msgspec.json.Decoder(Result)
-    found: list[Result] = []
+    return list(_results_since(data_dir, before, msgspec.json.Decoder(Result)))
+
+
+class _Status(msgspec.Struct):
+    status: str
+
+
+def _results_since(data_dir: Path, before: dict[Path, int], decoder: Any) -> Iterator[Any]:
     for path in sorted((data_dir / "results").glob("*.jsonl")):
         with open(path, "rb") as f:
             f.seek(before.get(path, 0))
             for line in f:
                 try:
-                    found.append(decoder.decode(line))
+                    yield decoder.decode(line)
                 except msgspec.DecodeError:
                     # A line cut short when a crash or a full disk stopped an earlier
                     # run (the sink ends it before appending): that result was resent.
                     continue
-    return found
 
 
 def summarize(data_dir: Path, before: dict[Path, int], seconds: float, console: Console) -> None:
-    """What this run did (in `seconds`), read back from the results it wrote."""
-    counts = Counter(r.status for r in new_results(data_dir, before))
+    """What this run did (in `seconds`), read back from the results it wrote: only
+    their statuses, one line at a time (10M results as objects are gigabytes)."""
+    decoder = msgspec.json.Decoder(_Status)
+    counts = Counter(r.status for r in _results_since(data_dir, before, decoder))
     total = sum(counts.values())
     events = sum(LogReader.open(data_dir).watermarks().values())
     if not total:
