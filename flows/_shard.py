@@ -12,14 +12,17 @@ handles commands a batch at a time:
 4. only then are the new states written into the cache (write-through: a state is
    never ahead of the log) and the results emitted, with each command's log position.
 
-Idempotency. A shard remembers the results of its last accepted commands
-(`ShardConfig.remembered` of them, and those found in the log when an aggregate is
-rehydrated), so a command sent again returns the same result and appends nothing.
-The memory is the shard's, not each aggregate's, so it stays bounded however many
-aggregates there are. After a crash, a restarted
-flow resumes its input from its last checkpoint, and the commands between that
-checkpoint and the crash whose events already reached the log are answered from the
-log: `Shard.replayed` is filled from the log's tail since the checkpoint's watermark.
+Idempotency. A shard remembers where the events of its last accepted commands are
+(at least `ShardConfig.remembered` of them, and those found in the log when an
+aggregate is rehydrated), so a command sent again gets the same result, rebuilt from
+the log, and appends nothing. The memory is the shard's, not each aggregate's, so it
+stays bounded however many aggregates there are.
+
+After a crash, a restarted flow resumes its input from its last checkpoint. The
+commands between that checkpoint and the crash whose events reached the log are
+answered from the log (`Shard.replayed`, the log's tail since the checkpoint's
+watermark); one that caused no events then (a rejection) is decided again against the
+state it was decided against before, not against the later commands' events.
 """
 
 from __future__ import annotations
@@ -113,13 +116,12 @@ class Shard:
             name=f"aggregate-{partition}",
             tier="L1",
         )
-        # The remembered results, in two generations: when the young one is full it
+        # The remembered commands, in two generations: when the young one is full it
         # becomes the old one and the old one is dropped, so between `remembered` and
-        # twice that many are kept. Plain dicts: a third of an OrderedDict's cost per
-        # command, and no per-entry eviction.
-        # Each maps a command id to where its events are: (first position << 16) +
-        # their count. An int, not the Result: a fifth of the memory, and a command
-        # sent again (rare) has its result rebuilt from the log.
+        # twice that many are kept; plain dicts, with no per-entry eviction. Each maps
+        # a command id to where its events are, (first position << 16) + their count:
+        # an int, not the Result, a fifth of the memory; a command sent again (rare)
+        # has its result rebuilt from the log.
         self._recent: dict[str, int] = {}
         self._older: dict[str, int] = {}
         self.replayed: dict[str, Result] = {}
