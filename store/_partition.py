@@ -366,8 +366,8 @@ class PartitionWriter:
         first = self.next_position
         batch = self.layout.encode(events, first)
         ids = [e.aggregate_id for e in events]
-        if self._follows(ids, batch):  # the common case, checked without a loop per event
-            versions = [e.version for e in events]
+        versions = [e.version for e in events]
+        if self._follows(ids, versions, batch):  # the common case
             self._write(batch, ids, versions)
             # Later events of an aggregate overwrite earlier ones: the last version wins.
             self.versions.update(zip(ids, versions, strict=True))
@@ -375,8 +375,25 @@ class PartitionWriter:
             return range(first, first + len(events)), []
         return self._append_checked(events)
 
-    def _follows(self, ids: list[str], batch: pa.RecordBatch) -> bool:
+    # Below this many events a plain loop checks versions faster than numpy's fixed
+    # costs (~0.1 ms a batch, most of a small batch's append besides its fsync).
+    _SMALL = 128
+
+    def _follows(self, ids: list[str], versions: list[int], batch: pa.RecordBatch) -> bool:
         """Does every event follow its aggregate's last version, in batch order?"""
+        if len(ids) < self._SMALL:
+            get = self.versions.get
+            seen: dict[str, int] = {}
+            for agg, version in zip(ids, versions, strict=True):
+                before = seen.get(agg)
+                if before is None:
+                    before = get(agg)
+                    if before is None:
+                        before = self.sealed_versions.get(agg)
+                if version != before + 1:
+                    return False
+                seen[agg] = version
+            return True
         # The log's last version for each event's aggregate: the active segment's dict
         # at C speed, then one binary search over the sealed ones for the rest.
         last = np.fromiter(map(self.versions.get, ids, repeat(-1)), np.int64, len(ids))
