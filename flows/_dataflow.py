@@ -52,10 +52,12 @@ class FlowConfig:
     # Intake slows while the views are more than this many events behind a partition
     # (0: never), so a slow view costs latency, not memory.
     max_view_lag: int = 2_000_000
-    # Run with bytewax's recovery (`run_flow`): a shard that finds no snapshot of its
-    # own in a partition that holds events knows that a run crashed before its first
-    # checkpoint, and that the input starts again from its beginning.
-    recovery: bool = False
+    # A run resuming an input run here before (`cqrsflow run`, its checkpoints exist):
+    # a shard that finds no checkpoint of its own in a partition that holds events
+    # knows the earlier run crashed before its first checkpoint, and that the input
+    # starts again from its beginning. Never for a new input: the events in the log
+    # are then another input's, decided and answered long ago.
+    resuming: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +129,7 @@ class _ShardLogic(StatefulBatchLogic[ShardBatch, list[Result], int]):
         shard = Shard(self._aggregate, log, partition, snapshots, config.shard, _clock)
         if self._resume is not None:
             shard.replay_from(self._resume)
-        elif config.recovery and shard.watermark > 0:
+        elif config.resuming and shard.watermark > 0:
             shard.replay_from(0)
         shard.warm()
         return shard

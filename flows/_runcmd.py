@@ -37,6 +37,7 @@ class RunOptions:
     addresses: list[str] | None = None
     max_view_lag: int = 2_000_000
     shard: ShardConfig = field(default_factory=ShardConfig)
+    resuming: bool = False  # this input was run before here (its checkpoints exist)
 
 
 def _source(options: RunOptions) -> Any:
@@ -68,7 +69,7 @@ def _flow(aggregate: Aggregate[Any], options: RunOptions) -> Any:
         fsync=options.fsync,
         max_view_lag=options.max_view_lag,
         shard=options.shard,
-        recovery=True,
+        resuming=options.resuming,
     )
     return command_flow(
         aggregate,

@@ -6,6 +6,7 @@ Exit codes: 0 ok; 1 a runtime failure, reported as one line; 2 bad usage or bad 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -370,7 +371,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console)
     from flows._observe import enable_bytewax_metrics, run_readiness, run_registry
     from flows._progress import answered_progress, count_records
     from flows._projcmd import start_follower, stop_follower
-    from flows._runcmd import RunOptions, prepare, run_process, summarize
+    from flows._runcmd import RunOptions, prepare, recovery_dir, run_process, summarize
     from flows._shard import ShardConfig
 
     if args.commands != "-" and not Path(args.commands).exists():
@@ -407,6 +408,10 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None, console: Console)
         return EXIT_OK
     check_writable(args.data)  # another writer: say so now, not from inside a worker
     started = time.perf_counter()
+    # A run of an input whose checkpoints exist resumes it; a shard may then find events
+    # of that input in the log from before its first checkpoint (see FlowConfig).
+    resuming = args.commands != "-" and recovery_dir(args.data, args.commands).exists()
+    options = dataclasses.replace(options, resuming=resuming)
     before = prepare(args.data, args.commands)
     registry, child_env = run_registry(args.data, args.processes)
     if args.bytewax_metrics:

@@ -119,10 +119,12 @@ def cqrsflow(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     )
 
 
-def generate(path: Path, commands: int, accounts: int, invalid_rate: float = 0.0) -> None:
+def generate(
+    path: Path, commands: int, accounts: int, invalid_rate: float = 0.0, seed: int = 7
+) -> None:
     done = cqrsflow(
         "generate", "bank", "--commands", str(commands), "--accounts", str(accounts),
-        "--invalid-rate", str(invalid_rate), "-o", str(path),
+        "--invalid-rate", str(invalid_rate), "--seed", str(seed), "-o", str(path),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
 
@@ -167,6 +169,16 @@ def test_run_decides_every_command_once_and_resumes_after_the_end(tmp_path: Path
     other = cqrsflow("run", "bank", "--commands", str(more), "--data", str(tmp_path / "d"))
     assert other.returncode == 0, other.stderr
     assert len(read_results(tmp_path / "d")) == 3500
+    # new commands (other ids) on the same accounts are decided and appended as any
+    # others: the log's events of the first input are not a crashed run to replay
+    logged = sum(LogReader.open(tmp_path / "d").watermarks().values())
+    new = tmp_path / "new.jsonl"
+    generate(new, 500, 200, seed=8)
+    third = cqrsflow("run", "bank", "--commands", str(new), "--data", str(tmp_path / "d"))
+    assert third.returncode == 0, third.stderr
+    accepted = sum(r["status"] == "accepted" for r in read_results(tmp_path / "d")[3500:])
+    assert accepted > 100
+    assert sum(LogReader.open(tmp_path / "d").watermarks().values()) == logged + accepted
 
 
 def test_two_processes_write_the_same_events_as_one(tmp_path: Path) -> None:
