@@ -52,7 +52,7 @@ from queries import Projections
 from store import ArrowLog, LogConfig, LogReader, SnapshotStore
 
 ROUNDS = 10
-COMMANDS = 30_000
+COMMANDS = 60_000  # enough that most rounds are still running when they are killed
 ACCOUNTS = 1_000
 STALL_GUARD_S = 120  # not a timing assertion: only so that a hung run fails the test
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +111,7 @@ def one_round(argv: list[str], data: Path, rng: random.Random, rounds_left: int)
         deadline = time.monotonic() + STALL_GUARD_S
         if rng.random() < 0.5:
             # By time: mostly in start-up, recovery and the first batches.
-            kill_at = time.monotonic() + rng.uniform(0.05, 1.5)
+            kill_at = time.monotonic() + rng.uniform(0.05, 1.0)
             while time.monotonic() < kill_at and proc.poll() is None:
                 time.sleep(0.005)
         else:
