@@ -261,3 +261,21 @@ class _Missing:
 
 _MISSING = _Missing()
 MISSING: object = _MISSING
+
+
+class DictCache(Cache[K, V]):
+    """A policy that keeps its values in one dict and evicts with `_shrink`."""
+
+    @abstractmethod
+    def _shrink(self, entries: int, weight: int) -> None:
+        """Evict until `entries` more entries and `weight` more bytes fit."""
+
+    def _replace(self, data: dict[K, V], key: K, value: V, weight: int) -> bool:
+        """Replace a held key's value where it stands (not a use); whether it is still
+        held once the byte bound is enforced again."""
+        data[key] = value
+        self.bytes += weight - self._weights[key]
+        self._weights[key] = weight
+        if self.bytes > self._byte_bound:
+            self._shrink(0, 0)
+        return key in data

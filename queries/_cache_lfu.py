@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from queries._cache_base import _MISSING, Cache, K, V, _Missing
+from queries._cache_base import _MISSING, DictCache, K, V, _Missing
 
 
-class LFUCache(Cache[K, V]):
+class LFUCache(DictCache[K, V]):
     """Fewest uses first out; ties broken by recency."""
 
     policy = "lfu"
@@ -60,14 +60,8 @@ class LFUCache(Cache[K, V]):
         if weight > self._byte_bound and self._too_big(key, weight):
             return False
         data, weights = self._data, self._weights
-        old = weights.get(key)
-        if old is not None:  # replaced where it stands: not a use
-            data[key] = value
-            weights[key] = weight
-            self.bytes += weight - old
-            if self.bytes > self._byte_bound:
-                self._shrink(0, 0)
-            return key in data
+        if key in weights:
+            return self._replace(data, key, value, weight)
         if len(data) >= self.max_entries or self.bytes + weight > self._byte_bound:
             self._shrink(1, weight)
         data[key] = value
