@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_cache_layer import steady
 from view_data import bank_events, open_views, write_log
 
+from flows._bench_cache import redis_server
 from flows.bank import layout
 from queries import QueryLayer, RedisResultCache, SharedCacheError
 from queries._cache_shared import SharedEntry
@@ -43,7 +43,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_url() -> Iterator[str]:
     """A real redis-server on a free loopback port, for this module only."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -54,30 +54,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pytest.importorskip(
         "redis", reason="the redis client is not installed: pip install -e '.[dev]'"
     )
-    port = free_port()
-    directory = tmp_path_factory.mktemp("redis")
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    args += ["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru", "--dir", str(directory)]
-    with subprocess.Popen(
-        [binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    ) as server:
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            probe = RedisResultCache(url, metrics=False)
-            deadline = time.monotonic() + DEADLINE
-            while True:
-                try:
-                    probe.ping()
-                    break
-                except SharedCacheError:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise
-                    time.sleep(0.05)
-            probe.close()
-            yield url
-        finally:
-            server.terminate()
-            server.wait(timeout=DEADLINE)
+    with redis_server(binary) as url:  # the bench's own throwaway server
+        yield url
 
 
 @pytest.fixture
