@@ -508,10 +508,9 @@ class PartitionWriter:
         FSYNC_SECONDS.observe(time.perf_counter() - started)
 
     def flush(self) -> None:
-        """fsync now, whatever the policy."""
-        if self._dirty:
-            self._fsync()
-            self._dirty = False
+        """fsync now, whatever the policy: the stream and its directory."""
+        self.active.sync_all()
+        self._dirty = False
 
     def _rotate(self) -> None:
         """Seal the active segment (end marker, index) and start a new one.

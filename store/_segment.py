@@ -17,6 +17,12 @@ that fills meanwhile leaves no torn header behind.
 A batch exists once its directory entry does: readers look only at directory entries,
 so a reader tailing the active segment never sees a partial batch, and recovery keeps
 the longest prefix of entries whose bytes are all present and match their CRC.
+
+Only the stream is fsynced at every `sync`; the directory is fsynced when the segment
+is sealed or closed. A second fsync per batch cost a third of a command's latency at
+50k commands/s (p50 2.3 ms against 1.6 ms with one). So each batch message also carries
+its body's CRC-32 in its custom metadata (which Arrow readers ignore): a durable batch
+whose directory entry was lost verifies itself, and recovery writes its entry again.
 """
 
 from __future__ import annotations
@@ -203,19 +209,9 @@ class SegmentWriter:
     ) -> None:
         """Write one batch and then its directory entry. Not durable until `sync`."""
         self._check_usable()
-        message = batch.serialize()
+        message = self_verifying_message(batch)
         offset = self.size
-        entry = _ENTRY.pack(
-            offset,
-            message.size,
-            zlib.crc32(message),
-            int(batch.column(0)[0].as_py()),
-            batch.num_rows,
-            int(timestamps.min()),
-            int(timestamps.max()),
-            type_mask(event_codes),
-        )
-        entry += struct.pack("<I", zlib.crc32(entry))
+        entry = _entry(batch, offset, message, event_codes, timestamps)
         try:
             write_whole(self._data_fd, message)
             write_whole(self._dir_fd, entry)
@@ -244,12 +240,21 @@ class SegmentWriter:
             )
 
     def sync(self) -> None:
+        """Make the batches written so far durable: the stream only (see the module's
+        docstring); recovery rebuilds their directory entries if need be."""
         self._check_usable()
         try:
             os.fdatasync(self._data_fd)
-            os.fdatasync(self._dir_fd)
         except OSError as err:
             raise translate_os_error(err, f"fsync of {self.files.data}") from err
+
+    def sync_all(self) -> None:
+        """The stream and the directory durable: before sealing or closing."""
+        self.sync()
+        try:
+            os.fdatasync(self._dir_fd)
+        except OSError as err:
+            raise translate_os_error(err, f"fsync of {self.files.dir}") from err
 
     def seal(self) -> None:
         """Mark the stream's end and make it durable; the segment is immutable after this
@@ -262,7 +267,7 @@ class SegmentWriter:
             raise translate_os_error(err, f"sealing {self.files.data}") from err
         self.size += len(EOS)
         try:
-            self.sync()
+            self.sync_all()
         except StoreError:
             self.unseal()
             raise
@@ -279,6 +284,72 @@ class SegmentWriter:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._data_fd = self._dir_fd = -1
+
+
+# The key of a batch message's custom metadata that holds its body's CRC-32.
+BODY_CRC = b"cqrsflow.body_crc32"
+
+
+def self_verifying_message(batch: pa.RecordBatch) -> pa.Buffer:
+    """The batch's IPC message, carrying the CRC-32 of its body in its custom metadata.
+
+    The metadata precedes the body, so the batch is serialized twice: once to find the
+    body's CRC, once with it (~30 µs for 1,000 events, against the fsync it saves)."""
+    body = pa.ipc.read_message(batch.serialize()).body
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch, custom_metadata={BODY_CRC: b"%d" % zlib.crc32(body)})
+    stream = pa.BufferReader(sink.getvalue())
+    pa.ipc.read_message(stream)  # the schema message: skip it
+    start = stream.tell()
+    pa.ipc.read_message(stream)
+    return sink.getvalue().slice(start, stream.tell() - start)
+
+
+def _entry(
+    batch: pa.RecordBatch,
+    offset: int,
+    message: pa.Buffer | bytes,
+    event_codes: np.ndarray,
+    timestamps: np.ndarray,
+) -> bytes:
+    """The directory entry of a batch written at `offset`."""
+    entry = _ENTRY.pack(
+        offset,
+        len(message),
+        zlib.crc32(message),
+        int(batch.column(0)[0].as_py()),
+        batch.num_rows,
+        int(timestamps.min()),
+        int(timestamps.max()),
+        type_mask(event_codes),
+    )
+    return entry + struct.pack("<I", zlib.crc32(entry))
+
+
+def _unlisted(data: bytes, header: bytes, offset: int, position: int) -> Iterator[bytes]:
+    """Directory entries for the whole batches written after the last entry that
+    verify by their own body CRC and follow on in position; up to the first that does
+    not (a torn write, or a batch written before messages verified themselves)."""
+    while offset < len(data):
+        stream = pa.BufferReader(pa.py_buffer(data).slice(offset))
+        try:
+            message = pa.ipc.read_message(stream)
+            reader = pa.ipc.open_stream(header + data[offset : offset + stream.tell()])
+            batch, metadata = reader.read_next_batch_with_custom_metadata()
+        except (pa.ArrowException, OSError, EOFError, StopIteration):  # not a whole batch
+            return
+        crc = (metadata or {}).get(BODY_CRC)
+        if crc is None or int(crc) != zlib.crc32(message.body):
+            return
+        if batch.num_rows == 0 or batch.column(0)[0].as_py() != position:
+            return
+        raw = data[offset : offset + stream.tell()]
+        codes = batch.column(4).to_numpy()
+        timestamps = batch.column(8).cast(pa.int64()).to_numpy()
+        yield _entry(batch, offset, raw, codes, timestamps)
+        offset += len(raw)
+        position += batch.num_rows
 
 
 def write_whole(fd: int, data: bytes | pa.Buffer) -> None:
@@ -355,6 +426,19 @@ def recover(files: SegmentFiles) -> tuple[Layout | None, int, Recovery | None]:
         expected_position += int(entry["count"])
         kept += 1
     end = expected_offset
+    if not reason and end < size:
+        # Durable batches whose directory entries were not (see the module's docstring).
+        relisted = b"".join(_unlisted(data, data[:header_len], end, expected_position))
+        if relisted:
+            with open(files.dir, "r+b") as f:
+                f.truncate(entry_offset(kept))
+                f.seek(entry_offset(kept))
+                f.write(relisted)
+                os.fsync(f.fileno())
+            entries = read_entries(files)
+            kept = len(entries)
+            end = int(entries[-1]["offset"] + entries[-1]["length"])
+            dir_size = entry_offset(kept)
     report = None
     if end != size or entry_offset(kept) != dir_size:
         dropped = len(entries) - kept

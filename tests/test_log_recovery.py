@@ -45,7 +45,7 @@ from store import (
     RecordedEvent,
     verify_log,
 )
-from store._segment import ENTRY_SIZE, PREAMBLE_SIZE, SegmentFiles, entry_offset, read_entries
+from store._segment import PREAMBLE_SIZE, SegmentFiles, entry_offset, read_entries
 
 SETTINGS = settings(
     max_examples=50,
@@ -313,9 +313,13 @@ def test_a_data_file_cut_at_any_byte_keeps_exactly_the_whole_batches(
     partitions=st.sampled_from([1, 2]),
     data=st.data(),
 )
-def test_a_batch_directory_cut_at_any_byte_keeps_exactly_the_whole_entries(
+def test_a_batch_directory_cut_at_any_byte_loses_no_batch(
     scenario: Scenario, partitions: int, data: st.DataObject
 ) -> None:
+    """The directory is fsynced lazily (at sealing and closing), so a crash can cut it
+    anywhere: every batch past the cut verifies itself and gets its entry back. Only a
+    cut into the preamble, which is written once and durable before any batch, loses
+    the segment (the header's checksum with it)."""
     history, segment_bytes = scenario
     with tempfile.TemporaryDirectory() as d:
         with ArrowLog.open(d, bank_layout(), config(segment_bytes, partitions)) as log:
@@ -324,33 +328,27 @@ def test_a_batch_directory_cut_at_any_byte_keeps_exactly_the_whole_entries(
         active = segments(d, p)[-1]
         entries = read_entries(active)
         size = active.data.stat().st_size
-        assert active.dir.stat().st_size == entry_offset(len(entries))
+        directory = active.dir.read_bytes()
+        assert len(directory) == entry_offset(len(entries))
         sealed = digests(sealed_files(d, partitions))
 
         cut = data.draw(st.integers(0, entry_offset(len(entries))), label="cut")
         truncate(active.dir, cut)
-        # A cut inside the preamble loses the header's checksum: nothing is kept.
-        kept = max(cut - PREAMBLE_SIZE, 0) // ENTRY_SIZE
+        whole = cut >= PREAMBLE_SIZE
         survivors = [
-            e
-            for e in expected
-            if e.partition != p or e.position < active.first_position + kept_rows(entries, kept)
+            e for e in expected if whole or e.partition != p or e.position < active.first_position
         ]
 
         with ArrowLog.open(d, bank_layout(), config(segment_bytes)) as log:
             assert digests(sealed_files(d, partitions)) == sealed
-            if kept < len(entries):
-                [recovery] = log.recoveries
-                assert recovery.path == str(active.data)
-                assert recovery.kept_batches == kept
-                if cut >= PREAMBLE_SIZE:
-                    assert recovery.truncated_bytes == size - batch_end(active, entries, kept)
-                else:  # the segment was re-created: all of it was cut
-                    assert recovery.truncated_bytes == size
-            else:
+            if whole:
                 assert log.recoveries == []
-            assert active.data.stat().st_size == batch_end(active, entries, kept)
-            assert active.dir.stat().st_size == entry_offset(kept)
+                assert active.dir.read_bytes() == directory  # the same entries, re-created
+                assert active.data.stat().st_size == size
+            elif entries.size:
+                [recovery] = log.recoveries  # the segment was re-created: all of it was cut
+                assert recovery.path == str(active.data)
+                assert recovery.truncated_bytes == size
             check_contents(log, survivors)
             survivors = append_more(log, survivors)
         check_reopens_clean(d, segment_bytes, survivors)
@@ -392,3 +390,18 @@ def test_garbage_after_the_last_batch_is_cut_on_open(
             check_contents(log, expected)
             expected = append_more(log, expected)
         check_reopens_clean(d, segment_bytes, expected)
+
+
+def test_a_batch_past_the_directory_that_cannot_verify_itself_is_cut(tmp_path: Path) -> None:
+    """Only a batch carrying its body's checksum gets its entry back: one written
+    without it (by a version before self-verifying batches) is not trusted."""
+    first = [new_event("a", 1, Deposited(5))]
+    with ArrowLog.open(tmp_path, bank_layout(), config(1 << 20, 1)) as log:
+        log.append(first)
+        second = bank_layout().encode([new_event("a", 2, Deposited(7))], 1)
+    active = segments(str(tmp_path), 0)[-1]
+    append_bytes(active.data, second.serialize().to_pybytes())
+    with ArrowLog.open(tmp_path, bank_layout(), config(1 << 20, 1)) as log:
+        [recovery] = log.recoveries
+        assert (recovery.kept_batches, recovery.truncated_bytes) == (1, second.serialize().size)
+        assert [(e.aggregate_id, e.version) for e in all_events(log)] == [("a", 1)]
