@@ -34,7 +34,7 @@ from flows._metrics import BATCH_SIZE, LATENCY, count_commands, observe_many
 from flows._parse import Command, Invalid, Parser
 from flows._results import DeadLetter, Result, dead_letter
 from flows._shard import Shard, ShardConfig
-from store import ArrowLog, Fsync, LogConfig, SnapshotStore, partition_of
+from store import ArrowLog, Fsync, Journal, LogConfig, SnapshotStore, partition_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +126,12 @@ class _ShardLogic(StatefulBatchLogic[ShardBatch, list[Result], int]):
         )
         log = ArrowLog.open(config.data_dir, self._aggregate.layout(), log_config, only=partition)
         snapshots = SnapshotStore(config.data_dir / "snapshots")
-        shard = Shard(self._aggregate, log, partition, snapshots, config.shard, _clock)
+        decisions = Journal(
+            config.data_dir / "decisions" / str(partition), sync=config.fsync is Fsync.ALWAYS
+        )
+        shard = Shard(
+            self._aggregate, log, partition, snapshots, config.shard, _clock, decisions=decisions
+        )
         if self._resume is not None:
             shard.replay_from(self._resume)
         elif config.resuming and shard.watermark > 0:

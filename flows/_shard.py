@@ -12,11 +12,14 @@ handles commands a batch at a time:
 4. only then are the new states written into the cache (write-through: a state is
    never ahead of the log) and the results emitted, with each command's log position.
 
-Idempotency. A shard remembers where the events of its last accepted commands are
-(at least `ShardConfig.remembered` of them, and those found in the log when an
-aggregate is rehydrated), so a command sent again gets the same result, rebuilt from
-the log, and appends nothing. The memory is the shard's, not each aggregate's, so it
-stays bounded however many aggregates there are.
+Idempotency. A shard remembers where the events of its last commands are (at least
+`ShardConfig.remembered` of them, and those found in the log when an aggregate is
+rehydrated), so a command sent again gets the same result, rebuilt from the log, and
+appends nothing. A command that appended nothing (a rejection) has its answer written
+to the partition's decisions journal (`DIR/decisions/<partition>/`) and made durable
+before it is given: it too is answered the same way again, after a crash as well. The
+memory is the shard's, not each aggregate's, so it stays bounded however many
+aggregates there are.
 
 After a crash, a restarted flow resumes its input from its last checkpoint. The
 commands between that checkpoint and the crash whose events reached the log are
@@ -45,6 +48,7 @@ from queries._cache_base import Policy
 from store import (
     ArrowLog,
     ConcurrencyError,
+    Journal,
     NewEvent,
     Positions,
     RecordedEvent,
@@ -98,6 +102,8 @@ class Shard:
         snapshots: SnapshotStore,
         config: ShardConfig,
         clock: Any,
+        *,
+        decisions: Journal,
     ):
         self.aggregate = aggregate
         self.log = log
@@ -119,11 +125,17 @@ class Shard:
         # The remembered commands, in two generations: when the young one is full it
         # becomes the old one and the old one is dropped, so between `remembered` and
         # twice that many are kept; plain dicts, with no per-entry eviction. Each maps
-        # a command id to where its events are, (first position << 16) + their count:
-        # an int, not the Result, a fifth of the memory; a command sent again (rare)
-        # has its result rebuilt from the log.
+        # a command id to where its answer is: (first position << 16) + the count of
+        # its events in the log, or the bitwise NOT of its decision's location in the
+        # journal (negative). An int, not the Result, a fifth of the memory; a command
+        # sent again (rare) has its result rebuilt. The journal's generations follow
+        # the dicts'.
+        self.decisions = decisions
         self._recent: dict[str, int] = {}
         self._older: dict[str, int] = {}
+        for generation, location, (command_id, *_) in decisions.records():
+            young = generation == decisions.generations[-1]
+            (self._recent if young else self._older)[command_id] = ~location
         self.replayed: dict[str, Result] = {}
         # After a restart: per aggregate, the commands found in the log since the
         # checkpoint that the input has not yet brought again, in log order, with the
@@ -240,6 +252,11 @@ class Shard:
                 )
             pending[agg] = (state, version + k)
             staged_by.append((i, len(staged) - 1, [e.__class__.__name__ for e in decision]))
+        decided = [
+            r for r in results if r is not None and r.position is None and r.command_id not in known
+        ]
+        if decided:  # answers with nothing in the log: durable in the journal first
+            self._journal(decided)
         if staged:
             self._append(commands, staged, staged_by, pending, entries, results)
         if in_batch is not None:
@@ -288,8 +305,7 @@ class Shard:
             )
             count = len(types)
             recent[command_id] = ((offsets[last] - count + 1) << 16) + count  # type: ignore[operator]
-        if len(recent) >= self.config.remembered:
-            self._older, self._recent = recent, {}
+        self._roll()
         due = self.policy.due
         for agg, (state, version) in pending.items():
             if agg in conflicted:
@@ -409,6 +425,9 @@ class Shard:
         where = self._recent.get(command_id) or self._older.get(command_id)
         if where is None:
             return self.replayed[command_id]
+        if where < 0:
+            command_id, status, agg, version, reason = self.decisions.read(~where)
+            return Result(command_id, status, agg, version, None, [], reason)
         first, stop = where >> 16, (where >> 16) + (where & 0xFFFF)
         found: dict[str, Result] = {}
         for batch in self.log.partition(self.partition).batches(first):
@@ -422,10 +441,25 @@ class Shard:
 
     def _remember(self, command_id: str, first: int, count: int) -> None:
         self._recent[command_id] = (first << 16) + min(count, 0xFFFF)
+        self._roll()
+
+    def _journal(self, decided: list[Result]) -> None:
+        records = [(r.command_id, r.status, r.aggregate_id, r.version, r.reason) for r in decided]
+        locations = self.decisions.append(records)
+        self.decisions.sync()
+        recent = self._recent
+        for r, location in zip(decided, locations, strict=True):
+            recent[r.command_id] = ~location  # type: ignore[index]
+        self._roll()
+
+    def _roll(self) -> None:
+        """A full young generation becomes the old one; the old one is forgotten."""
         if len(self._recent) >= self.config.remembered:
             self._older, self._recent = self._recent, {}
+            self.decisions.rotate()
 
     def close(self) -> None:
+        self.decisions.close()
         self.log.close()
 
 

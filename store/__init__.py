@@ -16,6 +16,7 @@ from store._errors import (
     VersionConflict,
 )
 from store._frames import log_table, to_polars
+from store._journal import Journal
 from store._layout import ENVELOPE_NAMES, EventType, Layout, PayloadField
 from store._log import ArrowLog, LogReader, check_writable, log_partitions, partition_of
 from store._memory import MemoryLog
@@ -34,6 +35,7 @@ __all__ = [
     "EventLog",
     "EventType",
     "Fsync",
+    "Journal",
     "Layout",
     "LockedError",
     "LogConfig",

@@ -18,6 +18,7 @@ def test_store_exports() -> None:
         "EventLog",
         "EventType",
         "Fsync",
+        "Journal",
         "Layout",
         "LockedError",
         "LogConfig",

@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,7 +50,7 @@ from flows.bank import (
     layout,
 )
 from queries import Projections
-from store import ArrowLog, LogConfig, LogReader, SnapshotStore
+from store import ArrowLog, Journal, LogConfig, LogReader, SnapshotStore
 
 ROUNDS = 10
 COMMANDS = 60_000  # enough that most rounds are still running when they are killed
@@ -245,12 +246,10 @@ def test_run_killed_at_random_moments_round_after_round_keeps_every_promise(
         assert all(r == first for r in accepted), f"{command_id}: {results}"
     assert acknowledged == len(by_command), "an event in the log whose command got no answer"
     assert sent_ids(commands) <= answers.keys()
-    # Not asserted: a command rejected just before a crash can still, rarely, be decided
-    # again against a later state (0-4 per run of this loop, against 84-245 before the
-    # shard replayed its checkpoint's tail per aggregate): the shard's checkpoint can be
-    # ahead of the input's. Rejections are not in the log, so nothing else can tell.
-    flipped = [c for c, rs in answers.items() if len({r["status"] for r in rs}) > 1]
-    print(f"{len(flipped)} commands answered one way before a crash and another after it")
+    # Every command is answered the same way each time: a rejection too, from the
+    # decisions journal (before it, 0-192 per run flipped to accepted after a crash).
+    flipped = [c for c, rs in answers.items() if c is not None and any(r != rs[0] for r in rs)]
+    assert flipped == [], f"answered one way before a crash and another after: {flipped[:5]}"
 
     projections, reader = open_views(data)
     assert_views_match_log(projections, reader)
@@ -262,7 +261,10 @@ def test_run_killed_at_random_moments_round_after_round_keeps_every_promise(
 def test_a_rejected_command_stays_rejected_when_the_input_is_replayed(tmp_path: Path) -> None:
     """What a resumed run does with the commands between its checkpoint and the crash,
     on the real shard: the same commands again, answered from the log where they had
-    events, decided again otherwise."""
+    events and from the decisions journal where they had none, whether or not the
+    shard's checkpoint was ahead of the input's; and, were the journal lost (it is
+    written before the answers are given, so only answers never given can be), decided
+    again against the state they were decided against before."""
     config = LogConfig(partitions=1)
     commands = [
         Command("open", "acct-1", OpenAccount("ann"), None, None),
@@ -270,12 +272,23 @@ def test_a_rejected_command_stays_rejected_when_the_input_is_replayed(tmp_path: 
         Command("deposit", "acct-1", Deposit(10), None, None),
     ]
     clock = iter(range(10**6)).__next__
+
+    def shard(log: ArrowLog) -> Shard:
+        return Shard(
+            ACCOUNT, log, 0, SnapshotStore(tmp_path / "s"), ShardConfig(), clock,
+            decisions=Journal(tmp_path / "decisions"),
+        )  # fmt: skip
+
     with ArrowLog.open(tmp_path, layout(), config) as log:
-        shard = Shard(ACCOUNT, log, 0, SnapshotStore(tmp_path / "s"), ShardConfig(), clock)
-        first = shard.handle(commands)
+        first = shard(log).handle(commands)
     assert [r.status for r in first] == ["accepted", "rejected", "accepted"]
-    with ArrowLog.open(tmp_path, layout(), config) as log:  # the process after the crash
-        shard = Shard(ACCOUNT, log, 0, SnapshotStore(tmp_path / "s"), ShardConfig(), clock)
-        shard.replay_from(0)  # the checkpoint was taken before these commands
-        again = shard.handle(commands)
+    with ArrowLog.open(tmp_path, layout(), config) as log:  # the checkpoint was ahead
+        again = shard(log).handle(commands)
+    assert again == first
+    shutil.rmtree(tmp_path / "decisions")
+    with ArrowLog.open(tmp_path, layout(), config) as log:
+        resumed = shard(log)
+        resumed.replay_from(0)  # the checkpoint was taken before these commands
+        again = resumed.handle(commands)
     assert [r.status for r in again] == ["accepted", "rejected", "accepted"]
+    assert again[1].reason == first[1].reason

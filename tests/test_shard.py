@@ -12,7 +12,7 @@ from flows._domain import Aggregate
 from flows._parse import Command
 from flows._shard import Shard, ShardConfig
 from flows.bank import ACCOUNT, CloseAccount, Deposit, Deposited, OpenAccount, Withdraw
-from store import ArrowLog, LogConfig, LogReader, SnapshotStore
+from store import ArrowLog, Journal, LogConfig, LogReader, SnapshotStore
 
 ticks = itertools.count(1_700_000_000_000_000)
 
@@ -26,6 +26,7 @@ def shard(path: Path, config: ShardConfig | None = None, aggregate: Any = ACCOUN
         SnapshotStore(path / "snapshots"),
         config or ShardConfig(),
         ticks.__next__,
+        decisions=Journal(path / "decisions"),
     )
 
 
@@ -87,6 +88,24 @@ def test_a_command_sent_again_gets_the_same_result_and_appends_nothing(tmp_path:
     s = shard(tmp_path)
     assert s.handle([cmd("c2", "a", Deposit(7))]) == [first[1]]
     assert s.watermark == 3
+
+
+def test_a_rejected_command_sent_again_is_rejected_again_even_once_it_would_pass(
+    tmp_path: Path,
+) -> None:
+    s = shard(tmp_path, ShardConfig(remembered=3))
+    [_, overdrawn] = s.handle([cmd("c1", "a", OpenAccount("ann")), cmd("c2", "a", Withdraw(5))])
+    assert overdrawn.status == "rejected"
+    s.handle([cmd("c3", "a", Deposit(100))])  # now the withdrawal would pass
+    assert s.handle([cmd("c2", "a", Withdraw(5))]) == [overdrawn]
+    s.close()
+    s = shard(tmp_path, ShardConfig(remembered=3))  # a restarted flow: from the journal
+    assert s.handle([cmd("c2", "a", Withdraw(5))]) == [overdrawn]
+    # Memory is bounded: two generations of `remembered` commands, the journal's too.
+    s.handle([cmd(f"d{i}", "b", Deposit(1)) for i in range(7)])  # rejected: not open
+    assert len(list((tmp_path / "decisions").glob("*.journal"))) == 2
+    assert s.handle([cmd("c2", "a", Withdraw(5))])[0].status == "accepted"  # forgotten
+    s.close()
 
 
 def test_evicted_and_restarted_aggregates_come_back_from_snapshot_and_log(tmp_path: Path) -> None:
