@@ -136,6 +136,7 @@ class Shard:
         for generation, location, (command_id, *_) in decisions.records():
             young = generation == decisions.generations[-1]
             (self._recent if young else self._older)[command_id] = ~location
+        self._recall()
         self.replayed: dict[str, Result] = {}
         # After a restart: per aggregate, the commands found in the log since the
         # checkpoint that the input has not yet brought again, in log order, with the
@@ -438,6 +439,27 @@ class Shard:
                 if e.command_id == command_id:
                     _fold_result(found, e)
         return found[command_id]
+
+    def _recall(self) -> None:
+        """Remember the commands of the partition's last `remembered` events (as the old
+        generation). After a crash the input may bring them again, and an aggregate
+        restored from a snapshot taken after them could not tell they were handled."""
+        end = self.watermark
+        older = self._older
+        last, first, count = None, 0, 0
+        for batch in self.log.partition(self.partition).batches(
+            max(0, end - self.config.remembered)
+        ):
+            positions = batch.column(0).to_pylist()
+            for position, command_id in zip(positions, batch.column(6).to_pylist(), strict=True):
+                if command_id == last:  # a command's events are contiguous
+                    count += 1
+                    continue
+                if last is not None:
+                    older[last] = (first << 16) + min(count, 0xFFFF)
+                last, first, count = command_id, position, 1
+        if last is not None:
+            older[last] = (first << 16) + min(count, 0xFFFF)
 
     def _remember(self, command_id: str, first: int, count: int) -> None:
         self._recent[command_id] = (first << 16) + min(count, 0xFFFF)

@@ -205,3 +205,18 @@ def test_warming_loads_the_busiest_aggregates_of_recent_history(tmp_path: Path) 
     [result] = warmed.handle([cmd("w", "busy-1", Withdraw(10))])
     assert (result.status, result.version) == ("accepted", 12)
     assert warmed.rehydrations == before  # found in the cache, not read from the log
+
+
+def test_a_restarted_shard_knows_commands_whose_events_a_snapshot_covers(tmp_path: Path) -> None:
+    """After a crash the input can bring again commands from before the shard's
+    checkpoint; their aggregate comes back from a snapshot taken after them, so only the
+    partition's recent history can tell they were handled."""
+    config = ShardConfig(snapshot_every=2)
+    s = shard(tmp_path, config)
+    first = s.handle([cmd("c1", "a", OpenAccount("ann")), cmd("c2", "a", Deposit(7))])
+    s.handle([cmd("c3", "a", Deposit(1))])
+    s.close()
+    s = shard(tmp_path, config)
+    assert s.handle([cmd("c2", "a", Deposit(7))]) == [first[1]]
+    assert s.watermark == 3
+    s.close()
