@@ -34,6 +34,7 @@ import hashlib
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,10 +257,15 @@ class Shard:
         decided = [
             r for r in results if r is not None and r.position is None and r.command_id not in known
         ]
-        if decided:  # answers with nothing in the log: durable in the journal first
-            self._journal(decided)
+        # Answers with nothing in the log: durable in the journal before they are given,
+        # its fsync alongside the log's.
+        journaled = self._journal(decided, overlap=bool(staged)) if decided else None
         if staged:
             self._append(commands, staged, staged_by, pending, entries, results)
+        if journaled is not None:
+            journaled.result()
+        if decided:
+            self._roll()
         if in_batch is not None:
             for i, command in enumerate(commands):
                 if results[i] is None:  # the same command id twice in one batch
@@ -465,14 +471,19 @@ class Shard:
         self._recent[command_id] = (first << 16) + min(count, 0xFFFF)
         self._roll()
 
-    def _journal(self, decided: list[Result]) -> None:
+    def _journal(self, decided: list[Result], *, overlap: bool) -> Future[None] | None:
+        """Write the answers to the journal and sync it: in its thread if `overlap`, so
+        that its fsync runs while the log appends and syncs; the caller waits on the
+        future before giving the answers."""
         records = [(r.command_id, r.status, r.aggregate_id, r.version, r.reason) for r in decided]
         locations = self.decisions.append(records)
-        self.decisions.sync()
         recent = self._recent
         for r, location in zip(decided, locations, strict=True):
             recent[r.command_id] = ~location  # type: ignore[index]
-        self._roll()
+        if overlap:
+            return self.decisions.sync_soon()
+        self.decisions.sync()
+        return None
 
     def _roll(self) -> None:
         """A full young generation becomes the old one; the old one is forgotten."""
