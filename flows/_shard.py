@@ -15,26 +15,25 @@ handles commands a batch at a time:
 Idempotency. A shard remembers where the events of its last commands are (at least
 `ShardConfig.remembered` of them, and those found in the log when an aggregate is
 rehydrated), so a command sent again gets the same result, rebuilt from the log, and
-appends nothing. A command that appended nothing (a rejection) has its answer written
-to the partition's decisions journal (`DIR/decisions/<partition>/`) and made durable
-before it is given: it too is answered the same way again, after a crash as well. The
-memory is the shard's, not each aggregate's, so it stays bounded however many
-aggregates there are.
+appends nothing. A command that appended nothing (a rejection) has its answer made
+durable before it is given: in the note of its batch's events (the same write and
+fsync), or, in a batch with no events, in the partition's decisions journal
+(`DIR/decisions/<partition>/`). It too is answered the same way again, after a crash
+as well. The memory is the shard's, not each aggregate's, so it stays bounded however
+many aggregates there are.
 
 After a crash, a restarted flow resumes its input from its last checkpoint. The
-commands between that checkpoint and the crash whose events reached the log are
-answered from the log (`Shard.replayed`, the log's tail since the checkpoint's
-watermark); one that caused no events then (a rejection) is decided again against the
-state it was decided against before, not against the later commands' events.
+commands between that checkpoint and the crash are answered from the log: the last
+`remembered` are recalled when the shard opens (`_recall`), and a longer rewind reads
+the log's tail since the checkpoint's watermark (`replay_from`), notes included.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,10 +138,6 @@ class Shard:
             (self._recent if young else self._older)[command_id] = ~location
         self._recall()
         self.replayed: dict[str, Result] = {}
-        # After a restart: per aggregate, the commands found in the log since the
-        # checkpoint that the input has not yet brought again, in log order, with the
-        # version each started from (see `_decided_before_the_crash`).
-        self._ahead: dict[str, deque[tuple[str, int]]] = {}
         self.rehydrations = 0
         self.evictions = 0
 
@@ -152,15 +147,15 @@ class Shard:
         return self.log.watermarks()[self.partition]
 
     def replay_from(self, watermark: int) -> None:
-        """Answer commands found in the log at or after `watermark` from the log."""
+        """Answer commands found in the log at or after `watermark` from the log: their
+        events, and the answers with no events in the batches' notes."""
         for batch in self.log.read_all({self.partition: watermark}):
             for e in self.log.decode(batch):
-                if e.partition != self.partition:
-                    continue
-                if e.command_id not in self.replayed:
-                    ahead = self._ahead.setdefault(e.aggregate_id, deque())
-                    ahead.append((e.command_id, e.version))
-                _fold_result(self.replayed, e)
+                if e.partition == self.partition:
+                    _fold_result(self.replayed, e)
+        for _, note in self.log.partition(self.partition).notes(watermark):
+            for record in msgspec.msgpack.decode(note):
+                self.replayed[record[0]] = _from_record(record)
 
     # -- the batch ------------------------------------------------------------
 
@@ -202,16 +197,11 @@ class Shard:
             command_id, agg, payload, expected, correlation = command
             if known and command_id in known:
                 results[i] = self._answered(command_id)
-                if self._ahead:
-                    self._caught_up(agg, command_id)
                 continue
             if in_batch is not None:
                 if command_id in in_batch:
                     continue  # answered below with the first one's result
                 in_batch[command_id] = i
-            if self._ahead and agg in self._ahead:
-                results[i] = self._decided_before_the_crash(command)
-                continue
             tentative = pending.get(agg)
             if tentative is None:
                 entry = entries[agg]
@@ -257,13 +247,12 @@ class Shard:
         decided = [
             r for r in results if r is not None and r.position is None and r.command_id not in known
         ]
-        # Answers with nothing in the log: durable in the journal before they are given,
-        # its fsync alongside the log's.
-        journaled = self._journal(decided, overlap=bool(staged)) if decided else None
+        # Answers with nothing in the log (rejections): durable before they are given,
+        # in the note of the batch's events, or the journal if there are none.
         if staged:
-            self._append(commands, staged, staged_by, pending, entries, results)
-        if journaled is not None:
-            journaled.result()
+            self._append(commands, staged, staged_by, pending, entries, results, decided)
+        elif decided:
+            self._journal(decided)
         if decided:
             self._roll()
         if in_batch is not None:
@@ -284,10 +273,13 @@ class Shard:
         pending: dict[str, tuple[Any, int]],
         entries: dict[str, _Entry],
         results: list[Result | None],
+        decided: list[Result],
     ) -> None:
         positions: Positions
+        first = self.watermark
+        note = msgspec.msgpack.encode([_record(r) for r in decided]) if decided else b""
         try:
-            positions = self.log.append_partition(self.partition, staged)
+            positions = self.log.append_partition(self.partition, staged, note)
         except ConcurrencyError as err:
             # Only another writer could cause this, and the partition's lock forbids
             # one; if it happens anyway, forget what this shard believed and say so.
@@ -297,6 +289,12 @@ class Shard:
             conflicted = {c.aggregate_id: str(c) for c in err.conflicts}
         else:
             conflicted = {}
+        if decided:
+            if self.watermark > first:  # written with the batch at `first`
+                for r in decided:
+                    self._recent[r.command_id] = first << 16  # type: ignore[index]
+            else:  # no event was written (all conflicts): nor was the note
+                self._journal(decided)
         texts = positions.texts()
         offsets = positions.offsets()
         recent = self._recent
@@ -388,53 +386,18 @@ class Shard:
         CACHE_SIZE.inc(loaded)
         return loaded
 
-    # -- after a restart ----------------------------------------------------------
-
-    def _caught_up(self, aggregate_id: str, command_id: str) -> None:
-        ahead = self._ahead.get(aggregate_id)
-        if ahead is None:
-            return
-        # Commands come again in the order they were decided: this one and any before
-        # it (which the input did not bring again) are behind us.
-        if any(a[0] == command_id for a in ahead):
-            while ahead.popleft()[0] != command_id:
-                pass
-        if not ahead:
-            del self._ahead[aggregate_id]
-
-    def _decided_before_the_crash(self, command: Command) -> Result:
-        """A command the input brings again after a restart, with no events in the log,
-        while later commands of its aggregate have theirs there: it was decided before
-        the crash and caused nothing (rejected, or accepted with no events). Decide it
-        again against the state it was decided against then, so that its answer is
-        the same, and append nothing: its turn in the aggregate's history has passed."""
-        agg = command.aggregate_id
-        version = self._ahead[agg][0][1] - 1  # before the next command's first event
-        events = self.log.decode(self.log.read_stream(agg))[:version]
-        state = self.aggregate.fold(e.payload for e in events)
-        try:
-            decision = self.aggregate.decide(command.payload, state)
-        except Exception as err:
-            return _rejected(command, f"the decider raised {type(err).__name__}: {err}")
-        if isinstance(decision, Rejected):
-            return _rejected(command, decision.reason)
-        if not decision:
-            return Result(command.command_id, "accepted", agg, version, None, [])
-        # Events now, though none were appended then: the decider is not pure.
-        return _rejected(
-            command,
-            f"decided again after a restart, {command.command_id} caused events it did not "
-            f"cause before the crash; it is not appended (decide must be a pure function)",
-        )
-
     def _answered(self, command_id: str) -> Result:
         """The result of a command handled before, rebuilt from its events in the log."""
         where = self._recent.get(command_id) or self._older.get(command_id)
         if where is None:
             return self.replayed[command_id]
         if where < 0:
-            command_id, status, agg, version, reason = self.decisions.read(~where)
-            return Result(command_id, status, agg, version, None, [], reason)
+            return _from_record(self.decisions.read(~where))
+        if where & 0xFFFF == 0:  # in the note of the batch at this position
+            for _, note in self.log.partition(self.partition).notes(where >> 16):
+                for record in msgspec.msgpack.decode(note):
+                    if record[0] == command_id:
+                        return _from_record(record)
         first, stop = where >> 16, (where >> 16) + (where & 0xFFFF)
         found: dict[str, Result] = {}
         for batch in self.log.partition(self.partition).batches(first):
@@ -450,12 +413,10 @@ class Shard:
         """Remember the commands of the partition's last `remembered` events (as the old
         generation). After a crash the input may bring them again, and an aggregate
         restored from a snapshot taken after them could not tell they were handled."""
-        end = self.watermark
+        start = max(0, self.watermark - self.config.remembered)
         older = self._older
         last, first, count = None, 0, 0
-        for batch in self.log.partition(self.partition).batches(
-            max(0, end - self.config.remembered)
-        ):
+        for batch in self.log.partition(self.partition).batches(start):
             positions = batch.column(0).to_pylist()
             for position, command_id in zip(positions, batch.column(6).to_pylist(), strict=True):
                 if command_id == last:  # a command's events are contiguous
@@ -466,24 +427,21 @@ class Shard:
                 last, first, count = command_id, position, 1
         if last is not None:
             older[last] = (first << 16) + min(count, 0xFFFF)
+        for first, note in self.log.partition(self.partition).notes(start):
+            for command_id, *_ in msgspec.msgpack.decode(note):
+                older[command_id] = first << 16
 
     def _remember(self, command_id: str, first: int, count: int) -> None:
         self._recent[command_id] = (first << 16) + min(count, 0xFFFF)
         self._roll()
 
-    def _journal(self, decided: list[Result], *, overlap: bool) -> Future[None] | None:
-        """Write the answers to the journal and sync it: in its thread if `overlap`, so
-        that its fsync runs while the log appends and syncs; the caller waits on the
-        future before giving the answers."""
-        records = [(r.command_id, r.status, r.aggregate_id, r.version, r.reason) for r in decided]
-        locations = self.decisions.append(records)
+    def _journal(self, decided: list[Result]) -> None:
+        """The answers of a batch that appended no event, durable in the journal."""
+        locations = self.decisions.append([_record(r) for r in decided])
+        self.decisions.sync()
         recent = self._recent
         for r, location in zip(decided, locations, strict=True):
             recent[r.command_id] = ~location  # type: ignore[index]
-        if overlap:
-            return self.decisions.sync_soon()
-        self.decisions.sync()
-        return None
 
     def _roll(self) -> None:
         """A full young generation becomes the old one; the old one is forgotten."""
@@ -494,6 +452,16 @@ class Shard:
     def close(self) -> None:
         self.decisions.close()
         self.log.close()
+
+
+def _record(r: Result) -> tuple[str | None, str, str | None, int | None, str | None]:
+    """An answer with no events, as the journal and the batches' notes keep it."""
+    return (r.command_id, r.status, r.aggregate_id, r.version, r.reason)
+
+
+def _from_record(record: list[Any]) -> Result:
+    command_id, status, agg, version, reason = record
+    return Result(command_id, status, agg, version, None, [], reason)
 
 
 def _rejected(command: Command, reason: str) -> Result:

@@ -1,8 +1,9 @@
 """A small durable journal beside the log: checksummed msgpack records, in generations.
 
 The command flow keeps here what the event log cannot hold: the answers to commands
-that appended nothing (rejections), so that a command sent again, even after a crash,
-gets the answer it got the first time.
+that appended nothing (rejections) when their batch appended nothing either (otherwise
+they go in that batch's note), so that a command sent again, even after a crash, gets
+the answer it got the first time.
 
 Each generation is one file, ``<generation>.journal``, of frames: length and CRC-32
 (little-endian u32 each), then the msgpack record. A frame cut short by a crash, or
@@ -20,7 +21,6 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,6 @@ class Journal:
         self._fd = -1
         self._size = 0
         self._open(self.generations[-1])
-        self._pool: ThreadPoolExecutor | None = None
-        self._syncing: Future[None] | None = None
 
     def _path(self, generation: int) -> Path:
         return self.directory / f"{generation}.journal"
@@ -104,21 +102,6 @@ class Journal:
             except OSError as err:
                 raise translate_os_error(err, f"fsync of the journal {self.directory}") from err
 
-    def sync_soon(self) -> Future[None]:
-        """`sync` in the journal's thread: fsync releases the GIL, so it runs while the
-        caller does other work (the log's own fsync). Wait on the future before relying
-        on the records."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"journal-{self.directory.name}")
-        self._syncing = self._pool.submit(self.sync)
-        return self._syncing
-
-    def _settle(self) -> None:
-        """Wait for a sync in flight: its file descriptor is about to be closed."""
-        if self._syncing is not None:
-            syncing, self._syncing = self._syncing, None
-            syncing.result()
-
     def read(self, location: int) -> Any:
         """The record at `location` (from `append` or `records`)."""
         generation, offset = location >> _OFFSET_BITS, location & ((1 << _OFFSET_BITS) - 1)
@@ -130,18 +113,12 @@ class Journal:
     def rotate(self) -> None:
         """Start a new generation; keep only the one before it."""
         new = self.generations[-1] + 1
-        self._settle()
         self._open(new)
         for old in self.generations[:-1]:
             self._path(old).unlink(missing_ok=True)
         self.generations = [self.generations[-1], new]
 
     def close(self) -> None:
-        try:
-            self._settle()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

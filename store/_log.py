@@ -301,12 +301,19 @@ class ArrowLog(LogReader):
             raise ConcurrencyError(conflicts, positions)
         return positions
 
-    def append_partition(self, partition: int, events: Sequence[NewEvent]) -> Positions:
+    def append_partition(
+        self, partition: int, events: Sequence[NewEvent], note: bytes = b""
+    ) -> Positions:
         """Append events that all belong to `partition`: the caller routed them with
-        `partition_of`, as a dataflow's shard does. Otherwise as `append`."""
+        `partition_of`, as a dataflow's shard does. Otherwise as `append`.
+
+        `note`, opaque bytes, is kept with the batch (in its Arrow custom metadata, which
+        other readers ignore), as durable as its events, if any of them are written;
+        `partition(p).notes(from_position)` reads the notes back. A shard keeps there
+        the answers to the batch's commands that appended nothing."""
         writer = self._writer(partition)
         started = time.perf_counter()
-        offsets, conflicts = writer.append(events)
+        offsets, conflicts = writer.append(events, note)
         writer.sync()
         APPEND_SECONDS.observe(time.perf_counter() - started)
         positions = Positions(partition, offsets)

@@ -36,6 +36,7 @@ from store._segment import (
     SegmentReader,
     SegmentWriter,
     fsync_dir,
+    read_notes,
     recover,
 )
 from store._versions import SealedVersions
@@ -141,6 +142,15 @@ class PartitionReader:
         return found
 
     # -- full reads -----------------------------------------------------------
+
+    def notes(self, from_position: int = 0) -> Iterator[tuple[int, bytes]]:
+        """The notes appended with batches (see `ArrowLog.append_partition`) of the
+        batches that end past `from_position`: (the batch's first position, the note)."""
+        self._catch_up()
+        segments = list(self.segments)
+        for seg, after in zip(segments, [*segments[1:], None], strict=True):
+            if after is None or after.files.first_position > from_position:
+                yield from read_notes(seg.files, from_position)
 
     def batches(
         self,
@@ -356,9 +366,10 @@ class PartitionWriter:
     # -- appends --------------------------------------------------------------
 
     def append(
-        self, events: Sequence[NewEvent]
+        self, events: Sequence[NewEvent], note: bytes = b""
     ) -> tuple[Sequence[int | None], list[VersionConflict]]:
-        """Write the events that follow their aggregates' versions; not yet synced.
+        """Write the events that follow their aggregates' versions, and the note with
+        them if any are written; not yet synced.
 
         Returns a position per event (the existing one for an event already in the
         log, None for an event of a conflicting aggregate) and the conflicts.
@@ -368,12 +379,12 @@ class PartitionWriter:
         ids = [e.aggregate_id for e in events]
         versions = [e.version for e in events]
         if self._follows(ids, versions, batch):  # the common case
-            self._write(batch, ids, versions)
+            self._write(batch, ids, versions, note)
             # Later events of an aggregate overwrite earlier ones: the last version wins.
             self.versions.update(zip(ids, versions, strict=True))
             self._rotate_if_full()
             return range(first, first + len(events)), []
-        return self._append_checked(events)
+        return self._append_checked(events, note)
 
     # Below this many events a plain loop checks versions faster than numpy's fixed
     # costs (~0.1 ms a batch, most of a small batch's append besides its fsync).
@@ -409,7 +420,7 @@ class PartitionWriter:
         return bool(np.array_equal(last + rank + 1, batch.column(3).to_numpy()))
 
     def _append_checked(
-        self, events: Sequence[NewEvent]
+        self, events: Sequence[NewEvent], note: bytes
     ) -> tuple[Sequence[int | None], list[VersionConflict]]:
         """Event by event: idempotent re-appends, conflicts, and the rest written."""
         versions = self.versions
@@ -443,7 +454,7 @@ class PartitionWriter:
             accepted = list(events)
         first = self.next_position
         if accepted:
-            self._write(self.layout.encode(accepted, first))
+            self._write(self.layout.encode(accepted, first), note=note)
             versions.update(seen)
             self._rotate_if_full()
         if keep is None:
@@ -456,14 +467,18 @@ class PartitionWriter:
         return positions, list(conflicts.values())
 
     def _write(
-        self, batch: pa.RecordBatch, ids: list[str] | None = None, versions: list[int] | None = None
+        self,
+        batch: pa.RecordBatch,
+        ids: list[str] | None = None,
+        versions: list[int] | None = None,
+        note: bytes = b"",
     ) -> None:
         codes = batch.column(4).to_numpy()
         count_appended(self._type_names, codes)
         timestamps = batch.column(8).cast(pa.int64()).to_numpy()
         seg = self.active
         index, row = seg.batches, self.next_position - seg.files.first_position
-        seg.append(batch, codes, timestamps)
+        seg.append(batch, codes, timestamps, note)
         self._dirty = True
         self.next_position += batch.num_rows
         self.reader.wrote()

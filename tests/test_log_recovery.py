@@ -405,3 +405,17 @@ def test_a_batch_past_the_directory_that_cannot_verify_itself_is_cut(tmp_path: P
         [recovery] = log.recoveries
         assert (recovery.kept_batches, recovery.truncated_bytes) == (1, second.serialize().size)
         assert [(e.aggregate_id, e.version) for e in all_events(log)] == [("a", 1)]
+
+
+def test_a_note_is_as_durable_as_its_batch_and_read_back_by_position(tmp_path: Path) -> None:
+    with ArrowLog.open(tmp_path, bank_layout(), config(1 << 20, 1)) as log:
+        log.append_partition(0, [new_event("a", 1, Deposited(5))], b"first")
+        log.append_partition(0, [new_event("a", 2, Deposited(5))])
+        two = [new_event("a", 3, Deposited(5)), new_event("a", 4, Deposited(1))]
+        log.append_partition(0, two, b"third")
+    truncate(segments(str(tmp_path), 0)[-1].dir, entry_offset(1))  # entries re-created
+    with ArrowLog.open(tmp_path, bank_layout(), config(1 << 20, 1)) as log:
+        notes = log.partition(0).notes
+        assert list(notes(0)) == [(0, b"first"), (2, b"third")]
+        assert list(notes(3)) == [(2, b"third")]  # the batch that holds position 3
+        assert list(notes(4)) == []

@@ -101,10 +101,16 @@ def test_a_rejected_command_sent_again_is_rejected_again_even_once_it_would_pass
     s.close()
     s = shard(tmp_path, ShardConfig(remembered=3))  # a restarted flow: from the journal
     assert s.handle([cmd("c2", "a", Withdraw(5))]) == [overdrawn]
-    # Memory is bounded: two generations of `remembered` commands, the journal's too.
+    # A batch with no events keeps its rejections in the journal.
     s.handle([cmd(f"d{i}", "b", Deposit(1)) for i in range(7)])  # rejected: not open
+    # Memory is bounded: two generations of `remembered` commands, the journal's too.
     assert len(list((tmp_path / "decisions").glob("*.journal"))) == 2
     assert s.handle([cmd("c2", "a", Withdraw(5))])[0].status == "accepted"  # forgotten
+    s.handle([cmd("o", "b", OpenAccount("bob"))])  # now the deposits would pass
+    s.close()
+    s = shard(tmp_path, ShardConfig(remembered=3))
+    [again] = s.handle([cmd("d6", "b", Deposit(1))])
+    assert (again.status, again.reason) == ("rejected", "the account is not open")
     s.close()
 
 
