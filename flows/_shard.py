@@ -126,10 +126,10 @@ class Shard:
         # becomes the old one and the old one is dropped, so between `remembered` and
         # twice that many are kept; plain dicts, with no per-entry eviction. Each maps
         # a command id to where its answer is: (first position << 16) + the count of
-        # its events in the log, or the bitwise NOT of its decision's location in the
-        # journal (negative). An int, not the Result, a fifth of the memory; a command
-        # sent again (rare) has its result rebuilt. The journal's generations follow
-        # the dicts'.
+        # its events in the log; with a count of 0, in the note of the batch at that
+        # position; negative, the bitwise NOT of its location in the journal. An int,
+        # not the Result, a fifth of the memory; a command sent again (rare) has its
+        # result rebuilt. The journal's generations follow the dicts'.
         self.decisions = decisions
         self._recent: dict[str, int] = {}
         self._older: dict[str, int] = {}
