@@ -182,7 +182,8 @@ class Shard:
         results: list[Result | None] = [None] * len(commands)
         pending: dict[str, tuple[Any, int]] = {}
         staged: list[NewEvent] = []
-        staged_by: list[tuple[int, int, list[str]]] = []  # command index, last event, types
+        # per accepted command: its index, its id, its aggregate, its last event, their types
+        staged_by: list[tuple[int, str, str, int, list[str]]] = []
         # Which commands were answered before, and which come twice in this batch: found
         # with set operations for the whole batch, so a fresh command costs no lookups.
         ids = [c.command_id for c in commands]
@@ -229,6 +230,7 @@ class Shard:
                 results[i] = Result(command_id, "accepted", agg, version, None, [])
                 continue
             k = 0
+            types = []
             for event in decision:
                 k += 1
                 staged.append(
@@ -242,8 +244,9 @@ class Shard:
                         correlation,
                     )
                 )
+                types.append(event.__class__.__name__)
             pending[agg] = (state, version + k)
-            staged_by.append((i, len(staged) - 1, [e.__class__.__name__ for e in decision]))
+            staged_by.append((i, command_id, agg, len(staged) - 1, types))
         decided = [
             r for r in results if r is not None and r.position is None and r.command_id not in known
         ]
@@ -269,7 +272,7 @@ class Shard:
         self,
         commands: Sequence[Command],
         staged: list[NewEvent],
-        staged_by: list[tuple[int, int, list[str]]],
+        staged_by: list[tuple[int, str, str, int, list[str]]],
         pending: dict[str, tuple[Any, int]],
         entries: dict[str, _Entry],
         results: list[Result | None],
@@ -298,25 +301,22 @@ class Shard:
         texts = positions.texts()
         offsets = positions.offsets()
         recent = self._recent
-        for i, last, types in staged_by:
-            command = commands[i]
-            agg = command.aggregate_id
+        for i, command_id, agg, last, types in staged_by:
             if conflicted and agg in conflicted:
-                results[i] = _rejected(command, conflicted[agg])
+                results[i] = _rejected(commands[i], conflicted[agg])
                 continue
-            command_id = command.command_id
             results[i] = Result(
                 command_id, "accepted", agg, staged[last].version, texts[last], types
             )
             count = len(types)
             recent[command_id] = ((offsets[last] - count + 1) << 16) + count  # type: ignore[operator]
         self._roll()
-        due = self.policy.due
+        every = self.policy.every
         for agg, (state, version) in pending.items():
-            if agg in conflicted:
+            if conflicted and agg in conflicted:
                 continue
             entry = entries[agg]
-            if due(entry.version, version):
+            if version // every > entry.version // every:  # SnapshotPolicy.due, inlined
                 builtins = msgspec.to_builtins(state)
                 self.snapshots.save(agg, version, builtins, self._fingerprint)
             entry.state, entry.version = state, version
