@@ -393,7 +393,11 @@ def test_arbitrary_values_never_raise(fmt: Format, doc: Any) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 @hypothesis.given(doc=records)
 def test_records_with_the_right_keys_and_any_values_never_raise(fmt: Format, doc: Any) -> None:
-    _never_raises(encode(doc, fmt), fmt)
+    try:
+        raw = encode(doc, fmt)
+    except OverflowError:  # an integer msgpack cannot hold: no such record can arrive
+        hypothesis.reject()
+    _never_raises(raw, fmt)
 
 
 VALID = [
