@@ -262,7 +262,6 @@ class PartitionReader:
         self._catch_up()
         remaining: dict[str, int | None] = dict.fromkeys(wanted)
         collected: list[tuple[SegmentReader, list[pa.RecordBatch]]] = []
-        touched: list[SegmentReader] = []
         for seg in reversed(self.segments):
             if not remaining:
                 break
@@ -295,18 +294,15 @@ class PartitionReader:
             if scattered:
                 # One aggregate's rows need not have its id and type read at all.
                 only = scattered_from[0] if len(scattered_from) == 1 else None
+                # (`take` drops the pages it mapped in: rows are copied out.)
                 batches.append(seg.take(np.sort(np.concatenate(scattered)), only))
-                touched.append(seg)
             if len(batches) > 1:  # hot slices and gathered rows: back into position order
                 merged = pa.Table.from_batches(batches).sort_by("position").combine_chunks()
                 batches = merged.to_batches()
             if batches:
                 collected.append((seg, batches))
         collected.reverse()
-        found = [self.layout_of(seg).to_read(b) for seg, batches in collected for b in batches]
-        for seg in touched:
-            seg.release()  # rows were copied out; a log larger than memory stays unmapped
-        return found
+        return [self.layout_of(seg).to_read(b) for seg, batches in collected for b in batches]
 
     def read_stream(self, aggregate_id: str, from_version: int = 1) -> list[pa.RecordBatch]:
         return self.read_streams({aggregate_id: from_version})

@@ -34,7 +34,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -337,6 +337,13 @@ def _entry(
     return entry + struct.pack("<I", zlib.crc32(entry))
 
 
+def _parse_batch(header: bytes, message: bytes) -> tuple[pa.RecordBatch, Mapping[bytes, bytes]]:
+    """One batch message read on its own, with the segment's schema header, and its
+    custom metadata."""
+    batch, metadata = pa.ipc.open_stream(header + message).read_next_batch_with_custom_metadata()
+    return batch, metadata or {}
+
+
 def _unlisted(data: bytes, header: bytes, offset: int, position: int) -> Iterator[bytes]:
     """Directory entries for the whole batches written after the last entry that
     verify by their own body CRC and follow on in position; up to the first that does
@@ -345,11 +352,10 @@ def _unlisted(data: bytes, header: bytes, offset: int, position: int) -> Iterato
         stream = pa.BufferReader(pa.py_buffer(data).slice(offset))
         try:
             message = pa.ipc.read_message(stream)
-            reader = pa.ipc.open_stream(header + data[offset : offset + stream.tell()])
-            batch, metadata = reader.read_next_batch_with_custom_metadata()
+            batch, metadata = _parse_batch(header, data[offset : offset + stream.tell()])
         except (pa.ArrowException, OSError, EOFError, StopIteration):  # not a whole batch
             return
-        crc = (metadata or {}).get(BODY_CRC)
+        crc = metadata.get(BODY_CRC)
         if crc is None or int(crc) != zlib.crc32(message.body):
             return
         if batch.num_rows == 0 or batch.column(0)[0].as_py() != position:
@@ -376,8 +382,7 @@ def read_notes(files: SegmentFiles, from_position: int) -> Iterator[tuple[int, b
         for i in np.flatnonzero(ends > from_position).tolist():
             f.seek(int(entries[i]["offset"]))
             raw = f.read(int(entries[i]["length"]))
-            _, metadata = pa.ipc.open_stream(header + raw).read_next_batch_with_custom_metadata()
-            note = (metadata or {}).get(NOTE)
+            note = _parse_batch(header, raw)[1].get(NOTE)
             if note:
                 yield int(entries[i]["first_position"]), note
 
