@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,9 +153,8 @@ class Shard:
             for e in self.log.decode(batch):
                 if e.partition == self.partition:
                     _fold_result(self.replayed, e)
-        for _, note in self.log.partition(self.partition).notes(watermark):
-            for record in msgspec.msgpack.decode(note):
-                self.replayed[record[0]] = _from_record(record)
+        for _, record in self._noted(watermark):
+            self.replayed[record[0]] = _from_record(record)
 
     # -- the batch ------------------------------------------------------------
 
@@ -295,7 +294,7 @@ class Shard:
         if decided:
             if self.watermark > first:  # written with the batch at `first`
                 for r in decided:
-                    self._recent[r.command_id] = first << 16  # type: ignore[index]
+                    self._recent[r.command_id] = _in_log(first, 0)  # type: ignore[index]
             else:  # no event was written (all conflicts): nor was the note
                 self._journal(decided)
         texts = positions.texts()
@@ -309,7 +308,7 @@ class Shard:
                 command_id, "accepted", agg, staged[last].version, texts[last], types
             )
             count = len(types)
-            recent[command_id] = ((offsets[last] - count + 1) << 16) + count  # type: ignore[operator]
+            recent[command_id] = _in_log(offsets[last] - count + 1, count)  # type: ignore[operator]
         self._roll()
         every = self.policy.every
         for agg, (state, version) in pending.items():
@@ -393,12 +392,12 @@ class Shard:
             return self.replayed[command_id]
         if where < 0:
             return _from_record(self.decisions.read(~where))
-        if where & 0xFFFF == 0:  # in the note of the batch at this position
-            for _, note in self.log.partition(self.partition).notes(where >> 16):
-                for record in msgspec.msgpack.decode(note):
-                    if record[0] == command_id:
-                        return _from_record(record)
-        first, stop = where >> 16, (where >> 16) + (where & 0xFFFF)
+        first, count = where >> 16, where & 0xFFFF
+        if count == 0:  # in the note of the batch at `first`
+            for _, record in self._noted(first):
+                if record[0] == command_id:
+                    return _from_record(record)
+        stop = first + count
         found: dict[str, Result] = {}
         for batch in self.log.partition(self.partition).batches(first):
             start = batch.column(0)[0].as_py()
@@ -423,16 +422,22 @@ class Shard:
                     count += 1
                     continue
                 if last is not None:
-                    older[last] = (first << 16) + min(count, 0xFFFF)
+                    older[last] = _in_log(first, count)
                 last, first, count = command_id, position, 1
         if last is not None:
-            older[last] = (first << 16) + min(count, 0xFFFF)
-        for first, note in self.log.partition(self.partition).notes(start):
-            for command_id, *_ in msgspec.msgpack.decode(note):
-                older[command_id] = first << 16
+            older[last] = _in_log(first, count)
+        for first, record in self._noted(start):
+            older[record[0]] = _in_log(first, 0)
+
+    def _noted(self, from_position: int) -> Iterator[tuple[int, list[Any]]]:
+        """The answers kept in the notes of the batches from `from_position`, with
+        the first position of the batch that holds each."""
+        for first, note in self.log.partition(self.partition).notes(from_position):
+            for record in msgspec.msgpack.decode(note):
+                yield first, record
 
     def _remember(self, command_id: str, first: int, count: int) -> None:
-        self._recent[command_id] = (first << 16) + min(count, 0xFFFF)
+        self._recent[command_id] = _in_log(first, count)
         self._roll()
 
     def _journal(self, decided: list[Result]) -> None:
@@ -452,6 +457,12 @@ class Shard:
     def close(self) -> None:
         self.decisions.close()
         self.log.close()
+
+
+def _in_log(first: int, count: int) -> int:
+    """Where a remembered answer is in the log: the first position of its `count`
+    events, or with 0, of the batch whose note holds it (see `Shard.__init__`)."""
+    return (first << 16) + min(count, 0xFFFF)
 
 
 def _record(r: Result) -> tuple[str | None, str, str | None, int | None, str | None]:
