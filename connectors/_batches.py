@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, cast, get_args
 
-Format = Literal["json", "msgpack"]
+Format = Literal["jsonl", "msgpack"]  # JSON lines, or concatenated msgpack objects
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,7 @@ def check_format(format: str) -> Format:
     """`format` as a `Format`, or a ValueError that names the choices."""
     if format in get_args(Format):
         return cast(Format, format)
-    raise ValueError(f"format {format!r}: expected 'json' or 'msgpack'")
+    raise ValueError(f"format {format!r}: expected 'jsonl' or 'msgpack'")
 
 
 def check_batch_size(batch_size: int) -> int:

@@ -79,7 +79,7 @@ class JsonLinesSource(_FileSource):
     encoding: the parser judges them.
     """
 
-    _format = "json"
+    _format = "jsonl"
     _suffixes = (".jsonl",)
 
 

@@ -179,4 +179,4 @@ class MsgpackFramer(Framer):
 
 def framer_for(format: Format, start: int) -> Framer:
     """A framer for `format`, for a stream read from byte `start` on."""
-    return LineFramer(start) if check_format(format) == "json" else MsgpackFramer(start)
+    return LineFramer(start) if check_format(format) == "jsonl" else MsgpackFramer(start)

@@ -64,7 +64,7 @@ class GeneratorSource(FixedPartitionedSource[RawBatch, None]):
     def __init__(
         self,
         records: Iterable[bytes],
-        format: Format = "json",
+        format: Format = "jsonl",
         batch_size: int = 1000,
         rate: float | None = None,
     ) -> None:

@@ -69,7 +69,7 @@ class _KafkaRawSource(FixedPartitionedSource[RawBatch, int | None]):
 
 
 def kafka_source(
-    brokers: list[str], topics: list[str], batch_size: int = 1000, format: Format = "json"
+    brokers: list[str], topics: list[str], batch_size: int = 1000, format: Format = "jsonl"
 ) -> FixedPartitionedSource[RawBatch, int | None]:
     """RawBatches of the messages' values, one partition per Kafka partition.
 

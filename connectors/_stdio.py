@@ -47,7 +47,7 @@ class StdinSource(FixedPartitionedSource[RawBatch, None]):
     read. A pipe cannot be rewound, so a resumed flow does not re-read anything.
     """
 
-    def __init__(self, format: Format = "json", batch_size: int = 1000) -> None:
+    def __init__(self, format: Format = "jsonl", batch_size: int = 1000) -> None:
         self._format = check_format(format)
         self._batch_size = check_batch_size(batch_size)
 

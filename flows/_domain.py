@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from flows._errors import DomainError
 from store import Layout
 
 S = TypeVar("S")
@@ -66,7 +67,7 @@ class Aggregate(Generic[S]):
     def __post_init__(self) -> None:
         by_name = {c.__name__: c for c in self.commands}
         if len(by_name) != len(self.commands):
-            raise ValueError(f"{self.name}: two command classes share a name")
+            raise DomainError(f"{self.name}: two command classes share a name")
         object.__setattr__(self, "command_types", by_name)
 
     def layout(self) -> Layout:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, NamedTuple, Union
+from typing import Annotated, Any, NamedTuple, Union
 
 import msgspec
 
+from connectors import Format
 from flows._domain import Aggregate
 
-Format = Literal["json", "msgpack"]
 MAX_RECORD_BYTES = 64 * 1024
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
@@ -97,23 +97,23 @@ class Parser:
         self._envelope: dict[
             str, msgspec.json.Decoder[CommandRecord] | msgspec.msgpack.Decoder[CommandRecord]
         ] = {
-            "json": msgspec.json.Decoder(CommandRecord),
+            "jsonl": msgspec.json.Decoder(CommandRecord),
             "msgpack": msgspec.msgpack.Decoder(CommandRecord),
         }
         self._data: dict[
             str, dict[str, msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]]
         ] = {
-            "json": {n: msgspec.json.Decoder(c) for n, c in aggregate.command_types.items()},
+            "jsonl": {n: msgspec.json.Decoder(c) for n, c in aggregate.command_types.items()},
             "msgpack": {n: msgspec.msgpack.Decoder(c) for n, c in aggregate.command_types.items()},
         }
         self._types = ", ".join(aggregate.command_types)
         typed = _typed_records(aggregate.command_types)
         self._fast: dict[str, msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]] = {
-            "json": msgspec.json.Decoder(typed),
+            "jsonl": msgspec.json.Decoder(typed),
             "msgpack": msgspec.msgpack.Decoder(typed),
         }
 
-    def parse(self, raw: bytes, fmt: Format = "json") -> Command | Invalid:
+    def parse(self, raw: bytes, fmt: Format = "jsonl") -> Command | Invalid:
         if len(raw) <= self.max_record_bytes:
             try:  # the common case: a valid record, decoded and checked in one pass
                 r = self._fast[fmt].decode(raw)
@@ -168,7 +168,7 @@ class Parser:
                 f"{prefix or 'record'}: a string is not valid UTF-8", command_id, aggregate_id
             )
         if not isinstance(err, msgspec.ValidationError):
-            what = "JSON" if fmt == "json" else "msgpack"
+            what = "JSON" if fmt == "jsonl" else "msgpack"
             where = f"{prefix}: " if prefix else ""
             return Invalid(f"{where}malformed {what}: {message}", command_id, aggregate_id)
         match = _PATH.search(message)
@@ -200,7 +200,7 @@ _UNDECODABLE = (msgspec.DecodeError, RecursionError, UnicodeError)
 
 def _generic(raw: bytes, fmt: Format) -> Any:
     try:
-        return msgspec.json.decode(raw) if fmt == "json" else msgspec.msgpack.decode(raw)
+        return msgspec.json.decode(raw) if fmt == "jsonl" else msgspec.msgpack.decode(raw)
     except _UNDECODABLE:
         return _MISSING
 

@@ -189,6 +189,6 @@ def __getattr__(name: str) -> Any:
     """
     if name != "flow":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from flows._runcmd import flow_from_environment
+    from flows._flow import flow_from_environment
 
     return flow_from_environment(ACCOUNT)

@@ -41,15 +41,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flows._domain import Aggregate
-from flows._generate import bank_commands, encoder
-from flows._querycmd import parse_after
-from flows._runcmd import new_results
+from flows._flow import new_results, results_written
+from flows._workload import bank_commands, encoder
 from flows.bank import ACCOUNT, VIEWS, Account
-from queries import FlightQueryClient, Projections, ProjectionsBusy, QueryLayer, View, register_log
-from queries._projections import Declared
-from queries._tables import event_tables, quote
-from store import Layout, LogReader, RecordedEvent, to_polars
-from store._frames import concat
+from queries import (
+    Declared,
+    FlightQueryClient,
+    Projections,
+    ProjectionsBusy,
+    QueryLayer,
+    View,
+    event_tables,
+    quote,
+    register_log,
+)
+from store import DataDir as Paths
+from store import Layout, LogReader, RecordedEvent, concat, latest_positions, to_polars
 
 __all__ = ["DataDir", "bank_commands", "diff", "open_data", "run_commands", "sample_data"]
 
@@ -74,7 +81,7 @@ def _positions(after: Mapping[int, int] | str | None) -> dict[int, int] | None:
     """`after` as {partition: position}; a string is a result's ``"2:1041"``."""
     if after is None or isinstance(after, Mapping):
         return None if after is None else dict(after)
-    return parse_after([after])
+    return latest_positions([after])
 
 
 class DataDir(Generic[S]):
@@ -405,7 +412,7 @@ def run_commands(
     the start of its command-to-event latency.
     """
     data = Path(data)
-    before = {p: p.stat().st_size for p in (data / "results").glob("*.jsonl")}
+    before = results_written(data)
     encode = encoder("jsonl")
     chunk = 1000 if rate is None else max(1, int(rate / 100))  # paced: 100 writes a second
     sent: dict[str, int] = {}
@@ -467,7 +474,7 @@ def sample_data(
     generated commands over `accounts` accounts, sent at `rate` per second, with the
     views brought up to date."""
     path = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="cqrsflow-"))
-    if not (path / "log" / "manifest.json").exists():
+    if not Paths(path).has_log():
         run_commands(path, bank_commands(commands, accounts, seed=seed), rate=rate)
         projections = Projections.open(path, VIEWS, ACCOUNT.layout())
         try:

@@ -1,22 +1,27 @@
 """The read side: materialized views in DuckDB, maintained from the log, and the query
 layer that answers SQL from them.
 
-Declare views with `View` (SQL) or `PythonProjection`; `Projections.open(DIR, views)`
-keeps them in DIR/projections.duckdb, `catch_up`/`follow` applies the log to them, and
-`QueryLayer` answers SQL from the cheapest view (or the log), locally or served over
-Arrow Flight by `FlightQueryServer`, through its caches: `make_cache` (LRU, LFU or ARC,
-bounded by entries and bytes) for plans and hot rows, `ResultStore` for results, and
-optionally a `SharedResultCache` (`RedisResultCache`) shared between processes.
+Its rooms: `_views` declares views (`View` SQL, or `PythonProjection`) and maintains them
+(`Projections.open(DIR, views)` keeps them in DIR/projections.duckdb; `catch_up`/`follow`
+apply the log to them); `_planner` plans a query onto the cheapest view or the log;
+`_serving` answers it (`QueryLayer`, locally or over Arrow Flight by `FlightQueryServer`)
+through its cache tiers; `_cache` holds the bounded caches every tier (and the write
+side's aggregate cache) is built from: `make_cache` (LRU, LFU or ARC, bounded by entries
+and bytes), `ResultStore` for results, optionally a `SharedResultCache`
+(`RedisResultCache`) shared between processes.
 """
 
-from queries._cache import make_cache
-from queries._cache_arc import ARCCache
-from queries._cache_base import Cache, CacheStats
-from queries._cache_config import CacheConfig
-from queries._cache_lfu import LFUCache
-from queries._cache_lru import LRUCache
-from queries._cache_results import ResultStore
-from queries._cache_shared import RedisResultCache, SharedCacheError, SharedResultCache
+from queries._cache import (
+    POLICIES,
+    ARCCache,
+    Cache,
+    CacheStats,
+    LFUCache,
+    LRUCache,
+    Policy,
+    make_cache,
+    untrack,
+)
 from queries._errors import (
     CircuitOpen,
     PoolExhausted,
@@ -26,18 +31,53 @@ from queries._errors import (
     QueryTimeout,
     ViewDefinitionError,
 )
-from queries._flight import FlightQueryClient, FlightQueryServer, QueryService
-from queries._follow import follow, read_watermark
-from queries._guard import check_read_only, harden
-from queries._lag import Lag
+from queries._guard import FORBIDDEN_FUNCTIONS, TABLE_FUNCTIONS, check_read_only, harden
 from queries._planner import Plan, Planner
-from queries._pool import ConnectionPool, PoolStats
-from queries._projections import Projections, PythonProjection, View
-from queries._service import QueryLayer
-from queries._tables import event_tables, register_log
-from queries._viewdef import Aggregation, Column, ViewDef, parse_view
+from queries._serving import (
+    CacheConfig,
+    ConnectionPool,
+    FlightQueryClient,
+    FlightQueryServer,
+    PoolCollector,
+    PoolStats,
+    QueryLayer,
+    QueryService,
+    RedisResultCache,
+    ResultStore,
+    SharedCacheError,
+    SharedEntry,
+    SharedResultCache,
+)
+from queries._tables import event_tables, quote, register_log
+from queries._views import (
+    MAINTENANCE_SECONDS,
+    VIEW_EVENTS,
+    Aggregation,
+    Column,
+    Declared,
+    Lag,
+    Projections,
+    PublishedCollector,
+    PythonProjection,
+    View,
+    ViewDef,
+    ViewsCollector,
+    follow,
+    parse_view,
+    published_positions,
+    published_views,
+    read_published,
+    read_watermark,
+    request_rebuild,
+    view_lags,
+)
 
 __all__ = [
+    "FORBIDDEN_FUNCTIONS",
+    "POLICIES",
+    "TABLE_FUNCTIONS",
+    "MAINTENANCE_SECONDS",
+    "VIEW_EVENTS",
     "ARCCache",
     "Aggregation",
     "Cache",
@@ -46,6 +86,7 @@ __all__ = [
     "CircuitOpen",
     "Column",
     "ConnectionPool",
+    "Declared",
     "FlightQueryClient",
     "FlightQueryServer",
     "LFUCache",
@@ -53,10 +94,13 @@ __all__ = [
     "Lag",
     "Plan",
     "Planner",
+    "Policy",
+    "PoolCollector",
     "PoolExhausted",
     "PoolStats",
     "Projections",
     "ProjectionsBusy",
+    "PublishedCollector",
     "PythonProjection",
     "QueryError",
     "QueryLayer",
@@ -66,16 +110,25 @@ __all__ = [
     "RedisResultCache",
     "ResultStore",
     "SharedCacheError",
+    "SharedEntry",
     "SharedResultCache",
     "View",
     "ViewDef",
     "ViewDefinitionError",
+    "ViewsCollector",
     "check_read_only",
     "event_tables",
     "follow",
     "harden",
     "make_cache",
     "parse_view",
+    "quote",
+    "published_positions",
+    "published_views",
+    "read_published",
     "read_watermark",
     "register_log",
+    "request_rebuild",
+    "untrack",
+    "view_lags",
 ]

@@ -65,7 +65,7 @@ _LEAKS = "reveals the server's environment or configuration"
 # Functions refused wherever they appear, with why. File and network readers come from
 # `duckdb_functions()` of DuckDB 2.0.1 plus the common extensions' (iceberg, delta, sqlite,
 # postgres, mysql, excel, spatial, avro); `harden` stops the ones this list misses.
-_FORBIDDEN_FUNCTIONS: dict[str, str] = {
+FORBIDDEN_FUNCTIONS: dict[str, str] = {
     **dict.fromkeys(
         [
             "read_csv",
@@ -122,7 +122,7 @@ _FORBIDDEN_FUNCTIONS: dict[str, str] = {
 
 # The only functions allowed in FROM: they generate rows from their arguments. The other
 # table functions read files, Python objects by address, or the catalog's internals.
-_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "json_each", "json_tree"})
+TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "json_each", "json_tree"})
 
 # DuckDB reads a table reference that is not in the catalog as a file when its name ends in
 # one of these (``FROM 'x.csv'``, ``FROM "x.csv"`` and even ``FROM x.csv`` all read x.csv).
@@ -192,18 +192,18 @@ def _check_node(node: exp.Expr) -> None:
         raise QueryRefused(f"refused: SELECT INTO creates a table, {_READ_ONLY}")
     if isinstance(node, exp.Func):
         for name in _function_names(node):
-            if name in _FORBIDDEN_FUNCTIONS:
-                raise QueryRefused(f"refused: function {name}() {_FORBIDDEN_FUNCTIONS[name]}")
+            if name in FORBIDDEN_FUNCTIONS:
+                raise QueryRefused(f"refused: function {name}() {FORBIDDEN_FUNCTIONS[name]}")
     if isinstance(node, exp.Table | exp.Lateral):
         source = node.this
         if isinstance(source, exp.Func):
             # A file reader in FROM is refused for what it does, before the general rule
             # (the walk reaches this table before the function inside it).
-            for name in sorted(_function_names(source) & _FORBIDDEN_FUNCTIONS.keys()):
-                raise QueryRefused(f"refused: function {name}() {_FORBIDDEN_FUNCTIONS[name]}")
-            if not _function_names(source) & _TABLE_FUNCTIONS:
+            for name in sorted(_function_names(source) & FORBIDDEN_FUNCTIONS.keys()):
+                raise QueryRefused(f"refused: function {name}() {FORBIDDEN_FUNCTIONS[name]}")
+            if not _function_names(source) & TABLE_FUNCTIONS:
                 name = sorted(_function_names(source))[0]
-                allowed = ", ".join(sorted(_TABLE_FUNCTIONS))
+                allowed = ", ".join(sorted(TABLE_FUNCTIONS))
                 raise QueryRefused(
                     f"refused: table function {name}() is not allowed in FROM, only {allowed}"
                 )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from store._datadir import DataDir
 from store._errors import ConcurrencyError, DataDirError, StoreError, VersionConflict
 from store._frames import concat
 from store._layout import EventType, Layout
@@ -35,8 +36,8 @@ def partition_of(aggregate_id: str, partitions: int) -> int:
     return zlib.crc32(aggregate_id.encode()) % partitions
 
 
-def _read_manifest(root: Path) -> dict[str, int] | None:
-    path = root / "manifest.json"
+def read_manifest(root: Path) -> dict[str, int] | None:
+    path = DataDir(root.parent).manifest
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
@@ -52,14 +53,14 @@ def _read_manifest(root: Path) -> dict[str, int] | None:
 
 
 def log_dir(data_dir: str | Path) -> Path:
-    return Path(data_dir) / "log"
+    return DataDir(data_dir).log
 
 
 def check_writable(data_dir: str | Path) -> None:
     """Raise LockedError now if another process writes any partition of the log, so a
     flow fails before it starts rather than inside a worker."""
     root = log_dir(data_dir)
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     if manifest is None:
         return
     for p in range(manifest["partitions"]):
@@ -69,7 +70,7 @@ def check_writable(data_dir: str | Path) -> None:
 
 def log_partitions(data_dir: str | Path) -> int | None:
     """The partition count of the log in `data_dir`, or None if there is no log yet."""
-    manifest = _read_manifest(log_dir(data_dir))
+    manifest = read_manifest(log_dir(data_dir))
     return None if manifest is None else manifest["partitions"]
 
 
@@ -85,9 +86,9 @@ class LogReader:
     def open(cls, data_dir: str | Path, layout: Layout | None = None) -> LogReader:
         """Open `DIR/log` for reading; `layout` (optional) decodes payloads into classes."""
         root = log_dir(data_dir)
-        manifest = _read_manifest(root)
+        manifest = read_manifest(root)
         if manifest is None:
-            raise DataDirError(f"{root}: no event log here (expected {root / 'manifest.json'})")
+            raise DataDirError(f"{root}: no event log here (expected {DataDir(data_dir).manifest})")
         readers = [PartitionReader(root / str(p), p, layout) for p in range(manifest["partitions"])]
         return cls(readers, layout)
 
@@ -239,13 +240,13 @@ class ArrowLog(LogReader):
         """
         config = config or LogConfig()
         root = log_dir(data_dir)
-        manifest = _read_manifest(root)
+        manifest = read_manifest(root)
         if manifest is None:
             partitions = config.partitions or 1
             root.mkdir(parents=True, exist_ok=True)
             tmp = root / f"manifest.json.{os.getpid()}.tmp"
             tmp.write_text(json.dumps({"format": MANIFEST_FORMAT, "partitions": partitions}))
-            tmp.replace(root / "manifest.json")
+            tmp.replace(DataDir(data_dir).manifest)
         else:
             partitions = manifest["partitions"]
             if config.partitions is not None and config.partitions != partitions:

@@ -16,6 +16,8 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from store._datadir import DataDir
+
 _SIZES = (1, 10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000)
 _LATENCY = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -51,7 +53,7 @@ class LogDiskCollector(Collector):
     """Segments and bytes per partition of the log in `data_dir`, read when scraped."""
 
     def __init__(self, data_dir: Path) -> None:
-        self._log = Path(data_dir) / "log"
+        self._log = DataDir(data_dir).log
 
     def describe(self) -> list[Metric]:
         return []  # registering must not scrape: the data may not be there yet

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, overload
 
@@ -62,6 +62,20 @@ class Position:
         if not sep or not part.isdigit() or not off.isdigit():
             raise ValueError(f"position {text!r}: expected PARTITION:OFFSET, e.g. 0:1234")
         return cls(int(part), int(off))
+
+
+def latest_positions(texts: Iterable[str]) -> dict[int, int]:
+    """Positions as ``partition:offset`` (each text may hold several, comma-separated):
+    the latest one in each partition, as read-your-writes waits for them.
+
+    >>> latest_positions(["0:5,1:2", "0:9"])
+    {0: 9, 1: 2}
+    """
+    after: dict[int, int] = {}
+    for value in (v.strip() for given in texts for v in given.split(",")):
+        position = Position.parse(value)
+        after[position.partition] = max(after.get(position.partition, 0), position.offset)
+    return after
 
 
 class Fsync(enum.Enum):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from store._errors import CorruptionError
-from store._log import _read_manifest, log_dir
+from store._log import log_dir, read_manifest
 from store._partition import list_segments
 from store._segment import SegmentFiles, SegmentReader
 
@@ -25,7 +25,7 @@ class SegmentStats:
 
 def _segments(data_dir: str | Path) -> Iterator[tuple[int, SegmentReader]]:
     root = log_dir(data_dir)
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     if manifest is None:
         return
     for p in range(manifest["partitions"]):

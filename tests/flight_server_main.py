@@ -20,8 +20,8 @@ from collections.abc import Mapping
 import duckdb
 import pyarrow as pa
 
-import queries._errors as errors
-from queries._flight import FlightQueryServer
+import queries as errors
+from queries import FlightQueryServer
 
 
 class NumbersService:

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from store import Layout, LogReader, NewEvent, Position, RecordedEvent
-from store._partition import list_segments
-from store._segment import SegmentFiles
+from store.disk import SegmentFiles, list_segments
 
 AGGREGATE_TYPE = "Account"
 

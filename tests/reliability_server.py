@@ -21,9 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from flows.bank import VIEWS, layout
-from queries import Projections
-from queries._flight import FlightQueryServer
-from queries._service import QueryLayer
+from queries import FlightQueryServer, Projections, QueryLayer
 from store import LogReader
 
 

@@ -7,12 +7,12 @@ import threading
 import time
 from pathlib import Path
 
-from flows._backpressure import Backpressure
-from queries._follow import WATERMARK_FILE
+from flows import Backpressure
+from store import DataDir
 
 
 def publish(data: Path, applied: int, at: float) -> None:
-    (data / WATERMARK_FILE).write_text(json.dumps({"positions": {"0": applied}, "at": at}))
+    DataDir(data).published.write_text(json.dumps({"positions": {"0": applied}, "at": at}))
 
 
 def test_a_shard_waits_while_the_views_are_too_far_behind(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from flows._domain import Rejected
+from flows import Rejected
 from flows.bank import (
     ACCOUNT,
     Account,

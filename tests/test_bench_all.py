@@ -20,32 +20,37 @@ from typing import Any
 import pytest
 
 from flows import cli
-from flows._bench import Figure
-from flows._bench_all import (
+from flows.bank import layout
+from flows.bench import (
     BEGIN,
     END,
     SUITES,
     TARGETS,
     AllReport,
+    Figure,
     Suite,
     SuiteUnavailable,
-    bench_all,
-    check_targets,
-    write_markdown,
-)
-from flows._bench_codecs import (
     arrow_decode,
     arrow_encode,
+    bank_batches,
+    bench_all,
+    check_targets,
     json_decode,
     json_encode,
     msgpack_decode,
     msgpack_encode,
+    peer_version,
+    write_markdown,
 )
-from flows._bench_peer import peer_version
-from flows._bench_store import bank_batches
-from flows.bank import layout
 
 DESIGN = Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"
+# DESIGN.md rows whose figure no suite measures yet: each shows as not run, until the
+# work that builds it adds the figure and takes its row out of here.
+NOT_MEASURED_YET = {
+    "queries through Flight SQL (ADBC), cached answer",
+    "commands, 10M over 1M aggregates (most of them cold)",
+    "2 processes on a 2-core machine",
+}
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +142,10 @@ def test_every_design_target_is_reported_with_its_figures_and_whether_it_is_met(
     for t in targets:
         if t["suite"] == "peer" and peer_version() is None:
             assert t["met"] is None and "pip install" in t["note"]
+            continue
+        if t["what"] in NOT_MEASURED_YET:
+            assert t["met"] is None and t["note"] == f"bench {t['suite']}: not run", t
+            assert not t["figures"]
             continue
         assert isinstance(t["met"], bool), t
         assert t["figures"] and all(_number(f["value"]) for f in t["figures"])
@@ -332,26 +341,25 @@ def test_a_missing_report_is_named(tmp_path: Path, capsys: pytest.CaptureFixture
 # -- the suite registry, targets and markdown, without running a benchmark ------------
 
 
-def test_a_suite_whose_module_is_missing_is_one_line_not_a_traceback(
+def test_a_suite_that_cannot_run_here_is_one_line_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ghost = Suite("ghost", "flows._bench_ghost", "bench_ghost", "not written yet")
-    with pytest.raises(SuiteUnavailable, match=r"module flows\._bench_ghost is missing"):
-        ghost.load()
-    monkeypatch.setitem(SUITES, "ghost", ghost)
+    def ghost(*_: Any) -> list[Figure]:
+        raise SuiteUnavailable("bench ghost: not available in this installation (needs ghostlib)")
+
+    monkeypatch.setitem(SUITES, "ghost", Suite("ghost", ghost, "not written yet"))
     assert cli.main(["bench", "ghost", "--scale", "small"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == (
-        "cqrsflow: bench ghost: not available in this installation "
-        "(module flows._bench_ghost is missing)"
+        "cqrsflow: bench ghost: not available in this installation (needs ghostlib)"
     )
 
 
 def test_soak_and_cache_are_registered_with_their_flags() -> None:
     assert SUITES["soak"].sized_by == "minutes" and SUITES["cache"].sized_by == "scale"
-    args = cli._parser().parse_args(["bench", "soak", "--minutes", "0.5", "--json"])
+    args = cli.parser().parse_args(["bench", "soak", "--minutes", "0.5", "--json"])
     assert (args.suite, args.minutes, args.json) == ("soak", 0.5, "-")
-    args = cli._parser().parse_args(["bench", "write", "--json", "--scale", "small"])
+    args = cli.parser().parse_args(["bench", "write", "--json", "--scale", "small"])
     assert (args.suite, args.json, args.scale) == ("write", "-", "small")
 
 
@@ -407,9 +415,8 @@ def test_every_codec_gives_back_the_events_it_was_given() -> None:
 def test_without_the_peer_library_bench_all_skips_it_saying_how_to_install_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flows._bench_peer
-
-    monkeypatch.setattr(flows._bench_peer, "peer_version", lambda: None)
+    # The suite asks its own module whether the peer is installed.
+    monkeypatch.setattr("flows.bench._peer.peer_version", lambda: None)
     report = bench_all("small", tmp_path, lambda *_: None, suites=("peer",))
     assert report.skipped == {
         "peer": 'the eventsourcing library is not installed; install it with `pip install -e ".[bench]"` to compare with it'
@@ -425,7 +432,7 @@ def test_a_suite_that_fails_is_reported_and_the_others_still_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A registered suite whose function cannot take a scale: it raises TypeError.
-    monkeypatch.setitem(SUITES, "boom", Suite("boom", "json", "loads", "always fails"))
+    monkeypatch.setitem(SUITES, "boom", Suite("boom", json.loads, "always fails"))
     report = bench_all("small", tmp_path, lambda *_: None, suites=("boom", "codecs"))
     assert report.failed == ["boom"] and report.skipped["boom"].startswith("TypeError: ")
     assert [s["status"] for s in report.suites] == ["failed", "ok"]

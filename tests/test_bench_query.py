@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows._bench_query import bench_query
-from flows._bench_store import Scale
+from flows.bench import Scale, bench_query
 
 
 def test_the_query_bench_measures_each_figure_against_its_baseline(tmp_path: Path) -> None:

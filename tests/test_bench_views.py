@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows._bench_views import ViewScale, bench_projections
+from flows.bench import ViewScale, bench_projections
 
 
 def test_the_projections_bench_measures_each_figure_and_the_ratio_to_raw_duckdb(

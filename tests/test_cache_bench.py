@@ -8,8 +8,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from flows._bench_cache import SCAN_EVERY, bench_cache, zipf_trace
-from flows._bench_store import Scale
+from flows.bench import SCAN_EVERY, Scale, bench_cache, zipf_trace
 
 
 def test_the_trace_is_skewed_and_scanned_with_keys_never_seen_again() -> None:

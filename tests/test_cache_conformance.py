@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from queries import ARCCache, Cache, LFUCache, LRUCache, make_cache
-from queries._cache_base import POLICIES
+from queries import POLICIES, ARCCache, Cache, LFUCache, LRUCache, make_cache
 
 VARIANTS = [(p, t) for p in POLICIES for t in (False, True)]
 IDS = [f"{p}{'-threadsafe' if t else ''}" for p, t in VARIANTS]

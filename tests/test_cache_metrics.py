@@ -14,8 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from queries import make_cache
-from queries._cache_metrics import untrack
+from queries import make_cache, untrack
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,10 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_cache_layer import steady
 from view_data import bank_events, open_views, write_log
 
-from flows._bench_cache import redis_server
 from flows.bank import layout
-from queries import QueryLayer, RedisResultCache, SharedCacheError
-from queries._cache_shared import SharedEntry
+from flows.bench import redis_server
+from queries import QueryLayer, RedisResultCache, SharedCacheError, SharedEntry
 from store import ArrowLog
 
 ROOT = Path(__file__).resolve().parent.parent

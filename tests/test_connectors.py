@@ -23,6 +23,10 @@ from bytewax.inputs import Source, StatefulSourcePartition
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from connectors import (
+    CHUNK_BYTES,
+    GROW,
+    SHRINK,
+    BatchSize,
     GeneratorSource,
     JsonLinesSink,
     JsonLinesSource,
@@ -33,8 +37,6 @@ from connectors import (
     SourceError,
     kafka_source,
 )
-from connectors._framing import CHUNK_BYTES
-from connectors._stream import GROW, SHRINK, BatchSize
 from store import ArrowLog, Layout, LogConfig, NewEvent, partition_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +94,7 @@ def test_a_jsonl_file_reads_back_exactly_in_batches(tmp_path: Path) -> None:
     sizes = [len(b.records) for b in batches]
     assert sizes[0] == 1000 and max(sizes) > 1000 and max(sizes) <= 1000 * GROW
     assert all(len(b.records) == len(b.offsets) for b in batches)
-    assert {(b.source, b.format) for b in batches} == {(str(path), "json")}
+    assert {(b.source, b.format) for b in batches} == {(str(path), "jsonl")}
 
 
 def test_a_directory_is_one_partition_per_jsonl_file(tmp_path: Path) -> None:
@@ -133,9 +135,9 @@ def test_a_missing_path_is_refused_by_name(tmp_path: Path) -> None:
         JsonLinesSource(tmp_path / "nowhere.jsonl")
 
 
-@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+@pytest.mark.parametrize("fmt", ["jsonl", "msgpack"])
 def test_reading_resumes_from_a_snapshot(tmp_path: Path, fmt: str) -> None:
-    if fmt == "json":
+    if fmt == "jsonl":
         records = [b'{"n": %d, "pad": "%s"}' % (i, b"z" * (i % 90)) for i in range(30_000)]
         path = tmp_path / "r.jsonl"
         offsets = write_records(path, records)
@@ -244,9 +246,9 @@ json.dump([[b.source, b.format, [r.hex() for r in b.records], b.offsets] for b i
 """
 
 
-@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+@pytest.mark.parametrize("fmt", ["jsonl", "msgpack"])
 def test_stdin_is_read_in_batches_by_a_real_flow(tmp_path: Path, fmt: str) -> None:
-    if fmt == "json":
+    if fmt == "jsonl":
         records = [b'{"a": 1}', b'{"b": "\xff"}', b'{"c": 3}', b'{"d": 4}', b'{"e": 5}']
         data = b"\n".join(records[:2]) + b"\r\n\n" + b"\n".join(records[2:])  # no final newline
         offsets = [data.index(r) for r in records]
@@ -283,7 +285,7 @@ def test_the_generator_emits_every_record_numbered() -> None:
     batches = run_source(GeneratorSource(iter(records), batch_size=1000))
     assert [len(b.records) for b in batches] == [1000, 1000, 500]
     assert flatten(batches) == (records, list(range(2_500)))
-    assert {(b.source, b.format) for b in batches} == {("generator", "json")}
+    assert {(b.source, b.format) for b in batches} == {("generator", "jsonl")}
 
 
 def test_a_paced_generator_emits_every_record_numbered() -> None:

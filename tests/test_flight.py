@@ -20,8 +20,9 @@ from pathlib import Path
 import pyarrow.flight as flight
 import pytest
 
-from queries._errors import (
+from queries import (
     CircuitOpen,
+    FlightQueryClient,
     PoolExhausted,
     ProjectionsBusy,
     QueryError,
@@ -29,7 +30,6 @@ from queries._errors import (
     QueryTimeout,
     ViewDefinitionError,
 )
-from queries._flight import FlightQueryClient
 
 SERVER = Path(__file__).with_name("flight_server_main.py")
 START_GUARD_S = 60  # not a timing assertion: only so that a server that never starts fails

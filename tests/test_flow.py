@@ -19,9 +19,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from view_data import assert_views_match_log, open_views
 
 from connectors import RawBatch
-from flows._dataflow import FlowConfig, command_flow
-from flows._parse import MAX_RECORD_BYTES
-from flows._results import DeadLetter, Result
+from flows import MAX_RECORD_BYTES, DeadLetter, FlowConfig, Result, command_flow
 from flows.bank import ACCOUNT
 from store import ArrowLog, LogConfig, LogReader, verify_log
 
@@ -32,7 +30,7 @@ def record(command_id: str, kind: str, agg: str, **data: Any) -> bytes:
 
 
 def batch(*records: bytes) -> RawBatch:
-    return RawBatch("test", "json", list(records), list(range(len(records))))
+    return RawBatch("test", "jsonl", list(records), list(range(len(records))))
 
 
 def run_in_process(tmp_path: Path, *batches: RawBatch) -> tuple[list[Result], list[DeadLetter]]:
@@ -43,7 +41,7 @@ def run_in_process(tmp_path: Path, *batches: RawBatch) -> tuple[list[Result], li
         TestingSource(list(batches)),
         TestingSink(results),
         TestingSink(dead),
-        FlowConfig(tmp_path, partitions=2),
+        FlowConfig(tmp_path, log=LogConfig(partitions=2)),
     )
     run_main(flow)
     return [r for rs in results for r in rs], [d for ds in dead for d in ds]

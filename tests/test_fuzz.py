@@ -30,12 +30,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from connectors import RawBatch
-from flows._dataflow import FlowConfig, command_flow
-from flows._domain import Rejected
-from flows._parse import Command, Parser
-from flows._results import DeadLetter, Result
+from flows import Command, DeadLetter, FlowConfig, Parser, Rejected, Result, command_flow
 from flows.bank import ACCOUNT
-from store import LogReader
+from store import LogConfig, LogReader
 
 PARSER = Parser(ACCOUNT)
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +75,7 @@ near_misses = st.fixed_dictionaries(
 
 def encode(doc: Any, fmt: str) -> bytes:
     try:
-        return msgspec.json.encode(doc) if fmt == "json" else msgspec.msgpack.encode(doc)
+        return msgspec.json.encode(doc) if fmt == "jsonl" else msgspec.msgpack.encode(doc)
     except (TypeError, OverflowError, msgspec.EncodeError):  # NaN keys, bytes in JSON, ...
         return repr(doc).encode()
 
@@ -140,7 +137,7 @@ def expected_outcomes(valid: list[dict[str, Any]]) -> dict[str, tuple[str, int |
     states: dict[str, tuple[Any, int]] = {}
     out: dict[str, tuple[str, int | None]] = {}
     for doc in valid:
-        command = PARSER.parse(msgspec.json.encode(doc), "json")
+        command = PARSER.parse(msgspec.json.encode(doc), "jsonl")
         assert isinstance(command, Command)
         state, version = states.get(command.aggregate_id, (ACCOUNT.initial, 0))
         if command.expected_version is not None and command.expected_version != version:
@@ -174,7 +171,7 @@ def run_flow(
         TestingSource(batches),
         TestingSink(results),
         TestingSink(dead),
-        FlowConfig(data, partitions=2),
+        FlowConfig(data, log=LogConfig(partitions=2)),
     )
     run_main(flow)  # type: ignore[no-untyped-call]
     return [r for rs in results for r in rs], [d for ds in dead for d in ds]
@@ -212,11 +209,11 @@ def check(records: list[bytes], valid: list[dict[str, Any]], sizes: list[int], f
 
 
 @SETTINGS
-@given(data=inputs("json"))
+@given(data=inputs("jsonl"))
 def test_json_garbage_among_valid_commands_through_the_flow(
     data: tuple[list[bytes], list[dict[str, Any]], list[int]],
 ) -> None:
-    check(*data, "json")
+    check(*data, "jsonl")
 
 
 @SETTINGS

@@ -14,8 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlglot import exp
 
-from queries._errors import QueryRefused
-from queries._guard import _FORBIDDEN_FUNCTIONS, _TABLE_FUNCTIONS, check_read_only, harden
+from queries import FORBIDDEN_FUNCTIONS, TABLE_FUNCTIONS, QueryRefused, check_read_only, harden
 
 EVENTS = pa.table(
     {
@@ -187,16 +186,16 @@ def test_every_table_function_of_duckdb_outside_the_allowed_few_is_refused(
             "WHERE function_type IN ('table', 'table_macro')"
         ).fetchall()
     ]
-    allowed = [name for name in names if name in _TABLE_FUNCTIONS]
+    allowed = [name for name in names if name in TABLE_FUNCTIONS]
     assert allowed and len(names) > 50  # the list is DuckDB's own, and not empty
-    for name in set(names) - _TABLE_FUNCTIONS:
+    for name in set(names) - TABLE_FUNCTIONS:
         with pytest.raises(QueryRefused, match=re.escape(f"{name}()")):
             check_read_only(f"SELECT * FROM events, {name}('x', 1)")
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    name=st.sampled_from(sorted(_FORBIDDEN_FUNCTIONS)),
+    name=st.sampled_from(sorted(FORBIDDEN_FUNCTIONS)),
     upper=st.booleans(),
     place=st.sampled_from(
         [
@@ -262,7 +261,7 @@ def test_allows_read_only_queries_and_they_run(sql: str, con: duckdb.DuckDBPyCon
 @settings(max_examples=60, deadline=None)
 @given(
     literal=st.one_of(
-        st.sampled_from([*_FORBIDDEN_FUNCTIONS, "x.csv", "DROP TABLE events", "s3://b/*", "';"]),
+        st.sampled_from([*FORBIDDEN_FUNCTIONS, "x.csv", "DROP TABLE events", "s3://b/*", "';"]),
         st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12),
     ),
     table=st.sampled_from(["events", "Deposited"]),

@@ -12,6 +12,7 @@ partition locks are released all the same, so the process can open the log again
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +21,17 @@ from typing import Any
 import pytest
 from log_events import all_events, bank_layout, bank_payload, new_event, segments
 
-import store._partition
-from store import ArrowLog, Fsync, LogConfig, NewEvent, StorageFullError, StoreError, verify_log
-from store._errors import translate_os_error
-from store._segment import EOS, SegmentFiles, SegmentWriter
+from store import (
+    ArrowLog,
+    Fsync,
+    LogConfig,
+    NewEvent,
+    StorageFullError,
+    StoreError,
+    translate_os_error,
+    verify_log,
+)
+from store.disk import EOS, SegmentFiles, SegmentWriter
 
 SEGMENT_BYTES = 8192
 # Fsync.NEVER: the only fsyncs are a rotation's, so that one can be aimed at.
@@ -64,13 +72,17 @@ def always(*_: Any) -> bool:
     return True
 
 
+# The partition's own module: a refusal aimed at one step of its rotation is patched
+# where the rotation calls it (fault injection needs the step's name, not an import).
+_PARTITION = importlib.import_module("store._partition")
+
 # step: (module, function, the calls to refuse, how the error starts); write_index
 # translates its OSError itself
 STEPS: dict[str, tuple[Any, str, Callable[..., bool], str]] = {
     "end marker": (os, "write", lambda fd, data: bytes(data) == EOS, "sealing"),
     "sealing fsync": (os, "fdatasync", always, "fsync of"),
-    "index": (store._partition, "write_index", always, "writing index"),
-    "directory fsync": (store._partition, "fsync_dir", always, "sealing"),
+    "index": (_PARTITION, "write_index", always, "writing index"),
+    "directory fsync": (_PARTITION, "fsync_dir", always, "sealing"),
     "next segment": (os, "replace", lambda a, b: str(a).endswith(".dir.tmp"), "creating segment"),
 }
 

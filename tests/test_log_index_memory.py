@@ -17,8 +17,7 @@ import pytest
 from log_events import bank_layout, bank_payload, new_event
 
 from store import ArrowLog, LogConfig
-from store._index import SealedIndex, write_index
-from store._segment import SegmentFiles, SegmentReader
+from store.disk import SealedIndex, SegmentFiles, SegmentReader, write_index
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/smaps")
 

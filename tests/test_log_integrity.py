@@ -49,7 +49,7 @@ from store import (
     RecordedEvent,
     verify_log,
 )
-from store._segment import ENTRY_SIZE, EOS, PREAMBLE_SIZE, SegmentFiles, entry_offset, read_entries
+from store.disk import ENTRY_SIZE, EOS, PREAMBLE_SIZE, SegmentFiles, entry_offset, read_entries
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 STALL_GUARD_S = 120  # not a timing assertion: only so that a hung subprocess fails the test

@@ -16,7 +16,7 @@ from log_contract import LAYOUT, T0, Closed, Opened, Paid, Tagged, event, histor
 
 from queries import register_log
 from store import ArrowLog, Layout, LogConfig, LogReader, NewEvent, SchemaError, log_table
-from store._segment import SegmentFiles, read_entries
+from store.disk import SegmentFiles, read_entries
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from store import (
     RecordedEvent,
     verify_log,
 )
-from store._segment import PREAMBLE_SIZE, SegmentFiles, entry_offset, read_entries
+from store.disk import PREAMBLE_SIZE, SegmentFiles, entry_offset, read_entries
 
 SETTINGS = settings(
     max_examples=50,

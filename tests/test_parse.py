@@ -9,11 +9,12 @@ import msgspec
 import pytest
 from hypothesis import strategies as st
 
-from flows._parse import MAX_RECORD_BYTES, Command, Format, Invalid, Parser
+from connectors import Format
+from flows import MAX_RECORD_BYTES, Command, Invalid, Parser
 from flows.bank import ACCOUNT, CloseAccount, Deposit, OpenAccount, Withdraw
 
 PARSER = Parser(ACCOUNT)
-FORMATS: list[Format] = ["json", "msgpack"]
+FORMATS: list[Format] = ["jsonl", "msgpack"]
 
 
 def record(**changes: Any) -> dict[str, Any]:
@@ -29,10 +30,10 @@ def record(**changes: Any) -> dict[str, Any]:
 
 
 def encode(doc: Any, fmt: Format) -> bytes:
-    return msgspec.json.encode(doc) if fmt == "json" else msgspec.msgpack.encode(doc)
+    return msgspec.json.encode(doc) if fmt == "jsonl" else msgspec.msgpack.encode(doc)
 
 
-def parse(doc: Any, fmt: Format = "json") -> Command | Invalid:
+def parse(doc: Any, fmt: Format = "jsonl") -> Command | Invalid:
     return PARSER.parse(encode(doc, fmt), fmt)
 
 
@@ -71,7 +72,7 @@ def test_expected_version_and_correlation_id_are_optional(fmt: Format) -> None:
 
 
 def test_a_record_of_exactly_the_size_limit_is_accepted() -> None:
-    raw = encode(record(), "json")
+    raw = encode(record(), "jsonl")
     padded = raw[:-1] + b" " * (MAX_RECORD_BYTES - len(raw)) + b"}"
     assert len(padded) == MAX_RECORD_BYTES
     assert isinstance(PARSER.parse(padded), Command)
@@ -86,16 +87,16 @@ def test_a_record_of_exactly_the_size_limit_is_accepted() -> None:
 @pytest.mark.parametrize(
     ("fmt", "raw", "reason"),
     [
-        ("json", encode(record(), "json")[:-3], "malformed JSON: Input data was truncated"),
+        ("jsonl", encode(record(), "jsonl")[:-3], "malformed JSON: Input data was truncated"),
         (
             "msgpack",
             encode(record(), "msgpack")[:-3],
             "malformed msgpack: Input data was truncated",
         ),
-        ("json", b"", "malformed JSON: Input data was truncated"),
+        ("jsonl", b"", "malformed JSON: Input data was truncated"),
         ("msgpack", b"", "malformed msgpack: Input data was truncated"),
         (
-            "json",
+            "jsonl",
             b"\xff\xfe\x00\x01garbage",
             "malformed JSON: JSON is malformed: invalid character (byte 0)",
         ),
@@ -198,7 +199,7 @@ def test_a_bad_field_is_named_with_its_value_and_what_was_expected(
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_null_where_an_object_belongs_is_invalid(fmt: Format) -> None:
     # msgspec names null `null` in JSON and `None` in msgpack
-    null = "null" if fmt == "json" else "None"
+    null = "null" if fmt == "jsonl" else "None"
     assert reason_of(parse(record(data=None), fmt)) == (
         f"data: Expected `object`, got `{null}` (None)"
     )
@@ -314,7 +315,7 @@ PLACES = {
 @pytest.mark.parametrize("place", PLACES)
 def test_a_string_that_is_not_utf8_is_invalid_not_a_crash(fmt: Format, place: str) -> None:
     # msgspec raises UnicodeDecodeError here, which is not a msgspec.DecodeError
-    not_utf8 = b'"\xff\xfe"' if fmt == "json" else b"\xa2\xff\xfe"
+    not_utf8 = b'"\xff\xfe"' if fmt == "jsonl" else b"\xa2\xff\xfe"
     result = PARSER.parse(splice(PLACES[place], fmt, not_utf8), fmt)
     assert isinstance(result, Invalid) and result.reason
 
@@ -325,7 +326,7 @@ def test_a_deeply_nested_record_is_invalid_not_a_crash(fmt: Format, place: str) 
     # 2,000 levels take 4 KB, far below the size limit; past the interpreter's recursion
     # limit msgspec raises RecursionError, which is not a msgspec.DecodeError
     depth = 2_000
-    nested = b"[" * depth + b"]" * depth if fmt == "json" else b"\x91" * depth + b"\x90"
+    nested = b"[" * depth + b"]" * depth if fmt == "jsonl" else b"\x91" * depth + b"\x90"
     result = PARSER.parse(splice(PLACES[place], fmt, nested), fmt)
     assert isinstance(result, Invalid) and result.reason
 

@@ -12,9 +12,15 @@ from typing import Any
 import duckdb
 import pytest
 
-from queries._errors import CircuitOpen, PoolExhausted, QueryError, QueryRefused, QueryTimeout
-from queries._guard import check_read_only
-from queries._pool import ConnectionPool
+from queries import (
+    CircuitOpen,
+    ConnectionPool,
+    PoolExhausted,
+    QueryError,
+    QueryRefused,
+    QueryTimeout,
+    check_read_only,
+)
 
 LONG_QUERY = "SELECT count(*) FROM range(10000000000)"  # minutes of work, unless interrupted
 

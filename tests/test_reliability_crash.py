@@ -36,8 +36,7 @@ from typing import Any
 
 from view_data import assert_views_match_log, open_views, rows
 
-from flows._parse import MAX_RECORD_BYTES, Command
-from flows._shard import Shard, ShardConfig
+from flows import MAX_RECORD_BYTES, Command, Shard, ShardConfig
 from flows.bank import (
     ACCOUNT,
     VIEWS,

@@ -31,11 +31,11 @@ from log_events import all_events, bank_layout, new_event
 from view_data import assert_views_match_log, bank_events, write_log
 
 from connectors import JsonLinesSink, SinkError
-from flows._results import Result
+from flows import Result
 from flows.bank import VIEWS, layout
 from queries import Projections, QueryError
 from store import ArrowLog, Fsync, LogConfig, LogReader, verify_log
-from store._segment import ENTRY_SIZE
+from store.disk import ENTRY_SIZE
 
 WRITER = Path(__file__).with_name("disk_writer.py")
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,9 +24,7 @@ import pyarrow.flight as flight
 import pytest
 from view_data import bank_events, write_log
 
-from queries import register_log
-from queries._errors import PoolExhausted, QueryRefused, QueryTimeout
-from queries._flight import FlightQueryClient
+from queries import FlightQueryClient, PoolExhausted, QueryRefused, QueryTimeout, register_log
 from store import LogReader
 
 SERVER = Path(__file__).with_name("reliability_server.py")

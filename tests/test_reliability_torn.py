@@ -20,7 +20,7 @@ import pytest
 from log_events import Deposited, all_events, bank_layout, bank_payload, new_event, segments
 
 from store import ArrowLog, Fsync, LogConfig, verify_log
-from store._segment import entry_offset, read_entries
+from store.disk import entry_offset, read_entries
 
 BATCHES = 6
 CONFIG = LogConfig(partitions=1, segment_bytes=1 << 20, fsync=Fsync.NEVER)

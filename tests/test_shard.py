@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 
-from flows._domain import Aggregate
-from flows._parse import Command
-from flows._shard import Shard, ShardConfig
+from flows import Aggregate, Command, Shard, ShardConfig
 from flows.bank import ACCOUNT, CloseAccount, Deposit, Deposited, OpenAccount, Withdraw
 from store import ArrowLog, Journal, LogConfig, LogReader, SnapshotStore
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows._bench import Figure
-from flows._bench_soak import bench_soak
+from flows.bench import Figure, bench_soak
 
 MINUTES = 1.0
 # Generous: allocator noise and caches still filling are not leaks.

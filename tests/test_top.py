@@ -37,19 +37,19 @@ from prometheus_client import (
 from prometheus_client.process_collector import ProcessCollector
 from rich.console import Console
 
-from flows._top import (
+from flows.cli import (
     Buckets,
     Dashboard,
     Snapshot,
     Thresholds,
     compute,
     histogram_quantile,
+    main,
     parse_snapshot,
     rate,
     render,
     share,
 )
-from flows.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = Thresholds(lag_seconds=5.0, p99_ms=20.0, error_rate=0.05, disk_bytes=10 * 2**30)

@@ -1,0 +1,61 @@
+"""`cqrsflow generate`: a reproducible workload of commands, as JSON lines or msgpack."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flows.cli._common import DOMAINS, EXIT_OK, Subparsers, Terminal, UsageError
+
+
+def add_parser(sub: Subparsers) -> None:
+    gen = sub.add_parser(
+        "generate",
+        help="write a reproducible workload of commands",
+        description="Write a realistic, reproducible command workload: accounts opened on "
+        "first use, deposits and withdrawals, some commands that must be rejected, and at "
+        "--invalid-rate some malformed records.",
+    )
+    gen.add_argument("domain", choices=DOMAINS, help="the example domain")
+    gen.add_argument("--commands", type=int, required=True, help="how many commands")
+    gen.add_argument("--accounts", type=int, required=True, help="how many distinct accounts")
+    gen.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    gen.add_argument(
+        "--invalid-rate", type=float, default=0.0, help="share of malformed records, 0 to 1"
+    )
+    gen.add_argument("--format", choices=["jsonl", "msgpack"], default="jsonl")
+    gen.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    gen.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace, term: Terminal) -> int:
+    from flows._progress import progress_bar
+    from flows._workload import bank_commands, encoder
+
+    if args.commands < 0 or args.accounts < 1:
+        raise UsageError("--commands must be >= 0 and --accounts >= 1")
+    if not 0 <= args.invalid_rate <= 1:
+        raise UsageError(f"--invalid-rate {args.invalid_rate}: expected a share from 0 to 1")
+    encode = encoder(args.format)
+    records = bank_commands(
+        args.commands, args.accounts, seed=args.seed, invalid_rate=args.invalid_rate
+    )
+    out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+    try:
+        with progress_bar(term.err, "commands") as bar:
+            task = bar.add_task("generating", total=args.commands)
+            chunk: list[bytes] = []
+            for record in records:
+                chunk.append(encode(record))
+                if len(chunk) == 10_000:
+                    out.write(b"".join(chunk))
+                    bar.advance(task, len(chunk))
+                    chunk = []
+            out.write(b"".join(chunk))
+    finally:
+        if args.output:
+            out.close()
+        else:
+            out.flush()
+    return EXIT_OK
