@@ -71,8 +71,12 @@ class FakeRun:
             "cqrsflow_command_latency_seconds", "", buckets=BUCKETS, registry=r
         )
         self.events = Counter("cqrsflow_events_appended_total", "", ["type"], registry=r)
-        self.hits = Counter("cqrsflow_aggregate_cache_hits_total", "", registry=r)
-        self.misses = Counter("cqrsflow_aggregate_cache_misses_total", "", registry=r)
+        # The aggregate caches report as every cache does, one per partition.
+        tiers = ["cache", "tier"]
+        hits = Counter("cqrsflow_cache_hits_total", "", tiers, registry=r)
+        misses = Counter("cqrsflow_cache_misses_total", "", tiers, registry=r)
+        self.hits = hits.labels("aggregate-0", "L1")
+        self.misses = misses.labels("aggregate-0", "L1")
         lag_events = Gauge("cqrsflow_view_lag_events", "", ["view"], registry=r)
         lag_seconds = Gauge("cqrsflow_view_lag_seconds", "", ["view"], registry=r)
         rebuild = Gauge("cqrsflow_view_rebuild_progress_ratio", "", ["view"], registry=r)

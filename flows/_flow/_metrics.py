@@ -21,10 +21,8 @@ LATENCY = Histogram(
     "From a command's batch entering the flow to its durable result",
     buckets=_LATENCY,
 )
-CACHE_HITS = Counter("cqrsflow_aggregate_cache_hits", "Aggregate states found in the cache")
-CACHE_MISSES = Counter("cqrsflow_aggregate_cache_misses", "Aggregates not in the cache")
-CACHE_EVICTIONS = Counter("cqrsflow_aggregate_cache_evictions", "States evicted")
-CACHE_SIZE = Gauge("cqrsflow_aggregate_cache_size", "States held", multiprocess_mode="livesum")
+# The aggregate cache reports as every cache does (`cqrsflow_cache_*{cache="aggregate-N"}`,
+# from its own counts, published off the hot path by `queries.make_cache`).
 REHYDRATIONS = Counter("cqrsflow_rehydrations", "Cold aggregates read back from the log")
 BATCH_SIZE = Gauge(
     "cqrsflow_batch_size", "Commands in the latest batch", multiprocess_mode="livemax"

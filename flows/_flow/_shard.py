@@ -40,7 +40,7 @@ from typing import Any
 import msgspec
 
 from flows._domain import Aggregate, Rejected
-from flows._flow._metrics import CACHE_EVICTIONS, CACHE_HITS, CACHE_MISSES, CACHE_SIZE, REHYDRATIONS
+from flows._flow._metrics import REHYDRATIONS
 from flows._parse import Command
 from flows._results import Result
 from queries import Cache, Policy, make_cache
@@ -138,7 +138,11 @@ class Shard:
         self._recall()
         self.replayed: dict[str, Result] = {}
         self.rehydrations = 0
-        self.evictions = 0
+
+    @property
+    def evictions(self) -> int:
+        """Aggregate states evicted from this shard's cache to bound its memory."""
+        return self._cache.evictions
 
     @property
     def watermark(self) -> int:
@@ -160,7 +164,6 @@ class Shard:
     def handle(self, commands: Sequence[Command]) -> list[Result]:
         """Decide a batch of this shard's commands; results in the same order."""
         cache = self._cache
-        size, evictions = len(cache), cache.evictions
         # The batch's entries, kept here: making room for a cold aggregate may evict
         # another aggregate of the same batch from the cache.
         entries: dict[str, _Entry] = {}
@@ -173,8 +176,6 @@ class Shard:
                 cold.append(agg)
             else:
                 entries[agg] = entry
-        CACHE_HITS.inc(len(wanted) - len(cold))
-        CACHE_MISSES.inc(len(cold))
         if cold:
             entries.update(self._rehydrate(cold))
         results: list[Result | None] = [None] * len(commands)
@@ -260,10 +261,6 @@ class Shard:
             for i, command in enumerate(commands):
                 if results[i] is None:  # the same command id twice in one batch
                     results[i] = results[in_batch[command.command_id]]
-        if cache.evictions != evictions:
-            self.evictions += cache.evictions - evictions
-            CACHE_EVICTIONS.inc(cache.evictions - evictions)
-        CACHE_SIZE.inc(len(cache) - size)
         return results  # type: ignore[return-value]
 
     def _append(
@@ -381,7 +378,6 @@ class Shard:
             chunk = busiest[i : i + 1000]
             self._rehydrate(chunk)
             loaded += len(chunk)
-        CACHE_SIZE.inc(loaded)
         return loaded
 
     def _answered(self, command_id: str) -> Result:

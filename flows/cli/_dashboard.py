@@ -40,13 +40,15 @@ ALERTS = ("lag", "p99", "error_rate", "disk")
 COMMANDS = "cqrsflow_commands_total"
 LATENCY = "cqrsflow_command_latency_seconds"
 QUERIES = "cqrsflow_queries_total"
+# Every cache by name and tier (queries._cache): the "caches" table, and the command
+# flow's aggregate caches (one per partition, `aggregate-<partition>`) summed.
+CACHE_TIER = "cqrsflow_cache"
+AGGREGATE_CACHES = "aggregate-"
 CACHES = {
-    "aggregate": "cqrsflow_aggregate_cache",
+    "aggregate": CACHE_TIER,
     "plan": "cqrsflow_plan_cache",
     "result": "cqrsflow_result_cache",
 }
-# Every cache by name and tier (queries/_cache_metrics.py): the "caches" table.
-CACHE_TIER = "cqrsflow_cache"
 
 Series = tuple[Mapping[str, str], float]
 Buckets = tuple[tuple[float, float], ...]  # (upper bound, cumulative count), ascending
@@ -280,11 +282,19 @@ def _rejected_or_invalid(s: Snapshot) -> float | None:
 
 
 def _cache_share(previous: Snapshot | None, current: Snapshot, prefix: str) -> Share | None:
+    def count(s: Snapshot, name: str) -> float | None:
+        if prefix != CACHE_TIER:
+            return s.total(name)
+        series = s.samples.get(name)
+        if series is None:
+            return None
+        return sum(v for labels, v in series if labels.get("cache", "").startswith(AGGREGATE_CACHES))
+
     def hits(s: Snapshot) -> float | None:
-        return s.total(prefix + "_hits_total")
+        return count(s, prefix + "_hits_total")
 
     def lookups(s: Snapshot) -> float | None:
-        return _plus(hits(s), s.total(prefix + "_misses_total"))
+        return _plus(hits(s), count(s, prefix + "_misses_total"))
 
     return share(previous, current, hits, lookups)
 
