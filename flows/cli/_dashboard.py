@@ -288,7 +288,9 @@ def _cache_share(previous: Snapshot | None, current: Snapshot, prefix: str) -> S
         series = s.samples.get(name)
         if series is None:
             return None
-        return sum(v for labels, v in series if labels.get("cache", "").startswith(AGGREGATE_CACHES))
+        return sum(
+            v for labels, v in series if labels.get("cache", "").startswith(AGGREGATE_CACHES)
+        )
 
     def hits(s: Snapshot) -> float | None:
         return count(s, prefix + "_hits_total")
