@@ -181,7 +181,7 @@ class DataDir(Generic[S]):
                     "`cqrsflow run` holds the views only until it ends.)"
                 ) from None
             self._projections = projections
-            self._layer = QueryLayer(projections, self.reader)
+            self._layer = QueryLayer.open(projections, self.reader)
         return self._layer
 
     def view_as_of(

@@ -4,7 +4,7 @@ layer that answers SQL from them.
 Its rooms: `_views` declares views (`View` SQL, or `PythonProjection`) and maintains them
 (`Projections.open(DIR, views)` keeps them in DIR/projections.duckdb; `catch_up`/`follow`
 apply the log to them); `_planner` plans a query onto the cheapest view or the log;
-`_serving` answers it (`QueryLayer`, locally or over Arrow Flight by `FlightQueryServer`)
+`_serving` answers it (`QueryLayer.open`, locally or over Arrow Flight by `FlightQueryServer`)
 through its cache tiers; `_cache` holds the bounded caches every tier (and the write
 side's aggregate cache) is built from: `make_cache` (LRU, LFU or ARC, bounded by entries
 and bytes), `ResultStore` for results, optionally a `SharedResultCache`
@@ -44,6 +44,7 @@ from queries._serving import (
     QueryService,
     RedisResultCache,
     ResultStore,
+    ServingConfig,
     SharedCacheError,
     SharedEntry,
     SharedResultCache,
@@ -109,6 +110,7 @@ __all__ = [
     "QueryTimeout",
     "RedisResultCache",
     "ResultStore",
+    "ServingConfig",
     "SharedCacheError",
     "SharedEntry",
     "SharedResultCache",

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from flows.bank import VIEWS, layout
-from queries import FlightQueryServer, Projections, QueryLayer
+from queries import FlightQueryServer, Projections, QueryLayer, ServingConfig
 from store import LogReader
 
 
@@ -62,7 +62,8 @@ def main() -> None:
     reader = LogReader.open(args.data)
     projections = Projections.open(args.data, VIEWS, layout(), reader=reader)
     projections.catch_up(reader)
-    layer = QueryLayer(projections, reader, query_timeout=args.query_timeout)
+    config = ServingConfig(query_timeout=args.query_timeout)
+    layer = QueryLayer.open(projections, reader, config=config)
     server = FlightQueryServer(Served(layer), token=args.token)
     print(server.location, flush=True)
     server.serve()

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from test_cache_metrics import sample
 from view_data import bank_events, open_views, write_log
 
-from queries import CacheConfig, Projections, QueryLayer
+from queries import CacheConfig, Projections, QueryLayer, ServingConfig
 from store import LogReader
 
 LOOKUP = (
@@ -48,7 +48,7 @@ def layer_of(views: tuple[Projections, LogReader]) -> Iterator[Any]:
     made: list[QueryLayer] = []
 
     def make(**kw: Any) -> QueryLayer:
-        made.append(steady(QueryLayer(*views, **kw)))
+        made.append(steady(QueryLayer.open(*views, config=ServingConfig(**kw))))
         return made[-1]
 
     yield make
@@ -79,8 +79,10 @@ def test_an_evicted_hot_row_leaves_no_link_behind(layer_of: Any) -> None:
         layer.run(LOOKUP.format(account))
     assert len(layer.hot_rows) == 2 and layer.hot_rows.evictions == 1
     # what invalidates hot rows by key knows exactly the rows still held
-    assert set(layer._hot_links) == set(layer.hot_rows.keys())
-    linked = {t for by_value in layer._hot_index.values() for ts in by_value.values() for t in ts}
+    assert set(layer.tiers._hot_links) == set(layer.hot_rows.keys())
+    linked = {
+        t for by_value in layer.tiers._hot_index.values() for ts in by_value.values() for t in ts
+    }
     assert linked == set(layer.hot_rows.keys())
     computed = layer.computed
     layer.run(LOOKUP.format("acct-0001"))  # evicted: computed again

@@ -100,8 +100,8 @@ def views(tmp_path: Path) -> Iterator[tuple[Any, Any, Any]]:
 
 def test_two_layers_share_an_answer_through_redis(flushed: str, views: Any) -> None:
     projections, reader, _ = views
-    a = steady(QueryLayer(projections, reader, shared=flushed))
-    b = steady(QueryLayer(projections, reader, shared=flushed))  # its own L1 and L2, empty
+    a = steady(QueryLayer.open(projections, reader, shared=flushed))
+    b = steady(QueryLayer.open(projections, reader, shared=flushed))  # its own L1 and L2, empty
     try:
         computed = a.run(TOTALS)
         assert a.computed == 1 and a.shared is not None and a.shared.stores == 1
@@ -117,7 +117,7 @@ def test_two_layers_share_an_answer_through_redis(flushed: str, views: Any) -> N
 
 def test_an_answer_older_than_the_readers_views_is_not_served(flushed: str, views: Any) -> None:
     projections, reader, move = views
-    a, b, c = (steady(QueryLayer(projections, reader, shared=flushed)) for _ in range(3))
+    a, b, c = (steady(QueryLayer.open(projections, reader, shared=flushed)) for _ in range(3))
     try:
         old = a.run(TOTALS)  # shared, stamped with the views' watermark then
         move(a, b, c)  # the views applied 500 more events: the readers' bound moved past it
@@ -137,7 +137,7 @@ def test_an_answer_older_than_the_readers_views_is_not_served(flushed: str, view
 def test_an_unreachable_redis_costs_a_miss_not_the_query(views: Any) -> None:
     projections, reader, _ = views
     down = RedisResultCache(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2, metrics=False)
-    layer = QueryLayer(projections, reader, shared=down)
+    layer = QueryLayer.open(projections, reader, shared=down)
     try:
         assert layer.run(TOTALS).num_rows > 0 and layer.computed == 1
         assert down.errors == 1
@@ -152,7 +152,7 @@ def test_a_redis_url_nobody_answers_is_refused_with_the_reason(views: Any) -> No
     projections, reader, _ = views
     url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(SharedCacheError, match=r"cannot reach Redis at redis://127\.0\.0\.1:"):
-        QueryLayer(projections, reader, shared=url)
+        QueryLayer.open(projections, reader, shared=url)
     with pytest.raises(SharedCacheError, match="expected redis://HOST:PORT"):
         RedisResultCache("http://nowhere", metrics=False)
 

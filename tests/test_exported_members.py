@@ -179,6 +179,7 @@ def test_queries_exports() -> None:
         "QueryTimeout",
         "RedisResultCache",
         "ResultStore",
+        "ServingConfig",
         "SharedCacheError",
         "SharedEntry",
         "SharedResultCache",

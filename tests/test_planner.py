@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 from view_data import bank_events, open_views, rows, write_log
 
 from flows.bank import VIEWS, layout
-from queries import QueryLayer, QueryRefused, QueryTimeout, View, follow, register_log
+from queries import (
+    QueryLayer,
+    QueryRefused,
+    QueryTimeout,
+    ServingConfig,
+    View,
+    follow,
+    register_log,
+)
 from store import ArrowLog, LogReader
 
 GOLDEN = Path(__file__).parent / "golden" / "rewrites.json"
@@ -42,7 +50,7 @@ def layer(tmp_path_factory: pytest.TempPathFactory) -> Any:
     write_log(data, bank_events(21, accounts=40, events=6000))
     projections, reader = open_views(data, ALL_VIEWS)
     projections.catch_up(reader)
-    query_layer = QueryLayer(projections, reader)
+    query_layer = QueryLayer.open(projections, reader)
     yield query_layer
     query_layer.close()
     projections.close()
@@ -194,7 +202,7 @@ def moving(tmp_path: Path) -> Any:
     write_log(tmp_path, events[:800], partitions=2)
     projections, reader = open_views(tmp_path)
     projections.catch_up(reader)
-    layer = QueryLayer(projections, reader)
+    layer = QueryLayer.open(projections, reader)
     rest = iter([events[800:900], events[900:]])
 
     def move() -> None:
@@ -244,7 +252,7 @@ def test_read_your_writes_waits_for_the_views_or_fails_clearly(tmp_path: Path) -
     write_log(tmp_path, events[:500], partitions=1)
     projections, reader = open_views(tmp_path)
     projections.catch_up(reader)
-    layer = QueryLayer(projections, reader, wait_timeout=0.2)
+    layer = QueryLayer.open(projections, reader, config=ServingConfig(wait_timeout=0.2))
     with ArrowLog.open(tmp_path, layout()) as log:
         log.append(events[500:])
     sql = "SELECT sum(deposits) AS d FROM balances"
@@ -274,7 +282,7 @@ def test_read_your_writes_waits_for_the_views_or_fails_clearly(tmp_path: Path) -
 def test_a_plan_far_slower_than_estimated_is_planned_again_with_what_was_measured(
     layer: QueryLayer,
 ) -> None:
-    fresh = QueryLayer(layer.projections, layer.reader)  # nothing learned yet
+    fresh = QueryLayer.open(layer.projections, layer.reader)  # nothing learned yet
     sql = "SELECT event_type, max(amount) AS hi FROM events GROUP BY event_type"
     plan, _ = fresh.planner.plan(sql)
     before = fresh.planner.seconds_per_unit()[plan.chosen.kind]
@@ -291,7 +299,7 @@ def test_plans_follow_a_view_swapped_in_by_a_rebuild(tmp_path: Path) -> None:
     write_log(tmp_path, bank_events(9, accounts=10, events=30_000))  # a scan costs more
     projections, reader = open_views(tmp_path)
     projections.catch_up(reader)
-    layer = QueryLayer(projections, reader)
+    layer = QueryLayer.open(projections, reader)
     sql = RULES["exact match, point lookup"]
     before = layer.run(sql)
     assert 'balances@1"' in layer.planner.plan(sql)[0].chosen.sql
@@ -309,7 +317,7 @@ def test_hot_rows_outlive_batches_that_do_not_change_their_key(tmp_path: Path) -
     write_log(tmp_path, events, partitions=2)
     projections, reader = open_views(tmp_path)
     projections.catch_up(reader)
-    layer = QueryLayer(projections, reader)
+    layer = QueryLayer.open(projections, reader)
     lookup = RULES["exact match, point lookup"].replace("acct-0003", "{}")
     a, b = "acct-0001", "acct-0002"
     assert layer.planner.plan(lookup.format(a))[0].chosen.kind == "view lookup"

@@ -65,7 +65,7 @@ def test_the_run_keeps_its_memory_flat_after_warm_up(soak: Soak) -> None:
 
 @pytest.mark.xfail(
     strict=False,  # it passed in some runs; in others serve grew 736 -> 2,081 MB in a minute
-    reason="queries/_service.py (QueryLayer._register_log) with queries/_tables.py: a "
+    reason="queries/_serving/_execution.py (Execution._register_log) with queries/_tables.py: a "
     "query planned as a base scan of the log, while a flow appends small batches, "
     "re-registers the whole log on its connection at every new watermark, through a new "
     "map of the active segment each time; the server's memory grows under the soak's mix",

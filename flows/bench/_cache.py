@@ -38,6 +38,7 @@ from queries import (
     Projections,
     QueryLayer,
     RedisResultCache,
+    ServingConfig,
     SharedCacheError,
     make_cache,
 )
@@ -288,8 +289,8 @@ def _l3_figures(
         return []
     progress("L3: answers shared through a redis-server started for the bench")
     with redis_server(binary) as url:
-        writer = QueryLayer(projections, reader, shared=url)
-        reader_layer = QueryLayer(projections, reader, shared=url)
+        writer = QueryLayer.open(projections, reader, shared=url)
+        reader_layer = QueryLayer.open(projections, reader, shared=url)
         try:
             writer.run(AGGREGATE)  # computed and shared
             plan, params = reader_layer.planner.plan(AGGREGATE)
@@ -335,7 +336,7 @@ def bench_cache(scale: Scale, workdir: Path, progress: Report) -> list[Figure]:
             f"SELECT account FROM {projections.table('balances')} ORDER BY account"
         ).fetchall()
     ]
-    layer = QueryLayer(projections, reader, caches=CacheConfig())
+    layer = QueryLayer.open(projections, reader, config=ServingConfig(caches=CacheConfig()))
     try:
         figures += _tier_figures(layer, projections, accounts, scale, progress)
     finally:

@@ -131,7 +131,7 @@ def bench_query(
     reader = LogReader.open(directory)
     projections = Projections.open(directory, bank.VIEWS, bank.layout(), reader=reader)
     projections.catch_up(reader)
-    layer = QueryLayer(projections, reader)
+    layer = QueryLayer.open(projections, reader)
     accounts = [f"acct-{i:07d}" for i in range(scale.log_events // 10)]
     assert layer.planner.plan(LOOKUP.format(accounts[0]))[0].chosen.target == "balances"
     figures: list[Figure] = []

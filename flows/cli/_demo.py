@@ -56,7 +56,7 @@ def _views_and_queries(data: Path, console: Console) -> None:
             f"in DuckDB in {seconds:.2f} s, in one transaction with their checkpoints",
             highlight=False,
         )
-        layer = QueryLayer(projections, reader)
+        layer = QueryLayer.open(projections, reader)
         console.print("7. SQL over the event tables, planned onto the views:")
         for sql in DEMO_QUERIES:
             plan, _ = layer.planner.plan(sql)

@@ -32,11 +32,18 @@ from flows.cli._common import (
     require_log,
 )
 from flows.cli._projections import domain_views
-from queries import CacheConfig, FlightQueryClient, Policy, Projections, QueryLayer
+from queries import (
+    CacheConfig,
+    FlightQueryClient,
+    Policy,
+    Projections,
+    QueryLayer,
+    ServingConfig,
+)
 from store import DataDir, LogReader, latest_positions
 
 WARM_SECONDS = 5.0
-QUERY_TIMEOUT = 30.0  # seconds, as QueryLayer's own default
+QUERY_TIMEOUT = 30.0  # seconds, as ServingConfig's own default
 
 
 @dataclass(frozen=True)
@@ -70,18 +77,17 @@ def local_layer(
             task = bar.add_task("bringing the views up to the log", total=behind)
             projections.catch_up(reader, progress=lambda n: bar.advance(task, n))
         if caching is None:
-            layer = QueryLayer(projections, reader, query_timeout=query_timeout)
+            config = ServingConfig(query_timeout=query_timeout)
+            layer = QueryLayer.open(projections, reader, config=config)
         else:
-            layer = QueryLayer(
-                projections,
-                reader,
+            config = ServingConfig(
                 query_timeout=query_timeout,
                 caches=CacheConfig(hot_policy=caching.policy, result_policy=caching.policy),
-                shared=caching.redis,
                 shapes=DataDir(data).query_shapes,
                 warm=caching.warm,
                 warm_seconds=WARM_SECONDS,
             )
+            layer = QueryLayer.open(projections, reader, config=config, shared=caching.redis)
         try:
             yield layer
         finally:

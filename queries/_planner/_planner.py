@@ -2,8 +2,9 @@
 
 A query over the event tables can be answered by scanning the log, or by any view that
 `rewrite_onto` can rewrite it for. Each way is costed from the catalog's statistics
-(rows in the log, rows in each view, keys a filter pins) times a per-kind cost per row
-that starts from measured defaults and follows the run times actually observed.
+(rows in the log, rows in each view, keys a filter pins: `Catalog`) by the cost model
+(`CostModel`: a per-kind cost per row that starts from measured defaults and follows
+the run times actually observed).
 
 Plans are cached by the query's shape: its text with the literals taken out. Literals
 that reach the rewritten SQL unchanged become its parameters (``$1``...); those the
@@ -16,57 +17,24 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import pyarrow as pa
 from sqlglot import exp
 
 from queries._cache import Cache, Policy, make_cache, untrack
 from queries._guard import check_read_only
+from queries._planner._catalog import Catalog, CatalogView
+from queries._planner._cost import CostModel, Kind
 from queries._planner._match import NoMatch, Rewrite, rewrite_onto
-from queries._views import DIALECT, ViewDef
+from queries._views import DIALECT
 
 # Strings, quoted identifiers (kept: they are names, not values) and numbers.
 _TOKENS = re.compile(
     r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|(?<![\w.$])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.])"""
 )
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.In, exp.Between)
-
-Kind = Literal["log scan", "view scan", "view lookup"]
-
-# Seconds per unit of estimated work, before any run was measured: a DuckDB scan of the
-# log costs about 10 ns per event, of a narrower view table less, and an indexed lookup
-# about 50 µs per key (measured on a 2-core machine).
-_DEFAULT_SECONDS: dict[Kind, float] = {
-    "log scan": 10e-9,
-    "view scan": 5e-9,
-    "view lookup": 50e-6,
-}
-_FIXED_SECONDS = 200e-6  # any statement: binding, planning inside DuckDB
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogView:
-    """What the planner knows of one live view."""
-
-    name: str
-    definition: ViewDef
-    table: str
-    keys: tuple[str, ...]  # declared keys of a rows view
-    rows: int
-    positions: Mapping[int, int]  # the log positions it has applied
-
-
-@dataclass(frozen=True, slots=True)
-class Catalog:
-    """The event tables and the views, with the statistics plans are costed by."""
-
-    views: tuple[CatalogView, ...]
-    log_events: int
-    log_positions: Mapping[int, int]
-    type_columns: Mapping[str, dict[str, str]]  # event type -> field -> log column
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +105,8 @@ def value_of(token: str) -> object:
 class Planner:
     """Plans queries against a catalog; thread-safe.
 
-    `cache_size` shapes are kept, evicted by `policy` ("lru", "lfu" or "arc")."""
+    `cache_size` shapes are kept, evicted by `policy` ("lru", "lfu" or "arc"). `costs`:
+    the cost model plans are estimated by, taught by `observe`."""
 
     def __init__(
         self, catalog: Callable[[], Catalog], *, cache_size: int = 1024, policy: Policy = "lru"
@@ -145,7 +114,7 @@ class Planner:
         self._catalog = catalog
         # Guarded by `_lock` (a hit also reads the shape's plans), so not threadsafe itself.
         self._cache: Cache[str, _Shape] = make_cache(policy, cache_size, name="plan", tier="L1")
-        self._seconds: dict[Kind, float] = dict(_DEFAULT_SECONDS)
+        self.costs = CostModel()
         self._lock = threading.Lock()
 
     @property
@@ -207,22 +176,13 @@ class Planner:
     def observe(self, sql: str, plan: Plan, seconds: float) -> None:
         """Feed back a measured run time; re-plan a shape whose estimate was far off."""
         chosen = plan.chosen
-        # Only runs dominated by their work say anything about the cost per unit; a
-        # 4-row table's run time is all fixed overhead.
-        if chosen.work <= 0 or seconds < 4 * _FIXED_SECONDS:
-            return
-        default = _DEFAULT_SECONDS[chosen.kind]
-        per_unit = min(max(seconds / chosen.work, default / 10), default * 10)
-        with self._lock:
-            believed = self._seconds[chosen.kind]
-            self._seconds[chosen.kind] = 0.8 * believed + 0.2 * per_unit
-            off = per_unit / believed if believed else 1.0
-            if off > 4 or off < 0.25:
+        if self.costs.observe(chosen.kind, chosen.work, seconds):
+            with self._lock:
                 self._cache.pop(shape_of(sql), None)
 
     def seconds_per_unit(self) -> dict[Kind, float]:
-        with self._lock:
-            return dict(self._seconds)
+        """The cost model's seconds per unit of each kind of work, now."""
+        return self.costs.seconds_per_unit()
 
     # -- planning ------------------------------------------------------------------
 
@@ -292,7 +252,7 @@ class Planner:
     def _candidate(
         self, target: str, rule: str, kind: Kind, work: float, tree: exp.Expr
     ) -> tuple[Candidate, exp.Expr]:
-        seconds = _FIXED_SECONDS + work * self._seconds[kind]
+        seconds = self.costs.estimate(kind, work)
         return Candidate(target, rule, kind, work, seconds, tree.sql(DIALECT)), tree
 
     def _view_candidate(self, view: CatalogView, rewrite: Rewrite) -> tuple[Candidate, exp.Expr]:

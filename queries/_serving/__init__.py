@@ -1,7 +1,8 @@
 """Serving queries: the query layer (`QueryLayer`: guard, plan, cache tiers, execute on a
-bounded pool of DuckDB connections), its cache tiers' configuration, and Arrow Flight."""
+bounded pool of DuckDB connections), its configuration (`ServingConfig`, its caches'
+`CacheConfig`), and Arrow Flight."""
 
-from queries._serving._config import CacheConfig
+from queries._serving._config import CacheConfig, ServingConfig
 from queries._serving._flight import FlightQueryClient, FlightQueryServer, QueryService
 from queries._serving._metrics import PoolCollector
 from queries._serving._pool import ConnectionPool, PoolStats
@@ -25,6 +26,7 @@ __all__ = [
     "QueryService",
     "RedisResultCache",
     "ResultStore",
+    "ServingConfig",
     "SharedCacheError",
     "SharedEntry",
     "SharedResultCache",

@@ -1,4 +1,5 @@
-"""How a query layer caches: each tier's policy and bounds, in one value.
+"""How a query layer serves: its pool, timeouts and warming (`ServingConfig`), and how
+it caches, each tier's policy and bounds (`CacheConfig`), in frozen values.
 
 >>> CacheConfig(result_policy="lfu").result_policy
 'lfu'
@@ -6,11 +7,18 @@
 Traceback (most recent call last):
 ...
 ValueError: CacheConfig.hot_policy: unknown policy 'fifo'; expected one of lru, lfu, arc
+>>> ServingConfig(pool_size=2, caches=CacheConfig(ttl=5.0)).caches.ttl
+5.0
+>>> ServingConfig(wait_timeout=0)
+Traceback (most recent call last):
+...
+ValueError: ServingConfig.wait_timeout: expected seconds > 0, got 0
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from queries._cache import POLICIES, Policy
 from queries._serving._results import COMPRESS_FROM, Compression
@@ -57,3 +65,43 @@ class CacheConfig:
             )
         if self.ttl <= 0:
             raise ValueError(f"CacheConfig.ttl: expected seconds > 0, got {self.ttl!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServingConfig:
+    """How a query layer serves (`QueryLayer.open`).
+
+    - `pool_size` DuckDB connections answer at once, each query interrupted after
+      `query_timeout` seconds;
+    - a read-your-writes query waits up to `wait_timeout` seconds for the views (unless
+      it gives its own timeout);
+    - `caches`: the policies and bounds of its caches;
+    - `shapes`: a JSON file where the most frequent query shapes are kept across
+      restarts (saved on close); `warm`: on open, re-run the examples of that many of
+      them, starting none after `warm_seconds`.
+    """
+
+    pool_size: int = 4
+    query_timeout: float = 30.0
+    wait_timeout: float = 10.0
+    caches: CacheConfig = field(default_factory=CacheConfig)
+    shapes: Path | None = None
+    warm: int = 0
+    warm_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pool_size, int) or self.pool_size < 1:
+            raise ValueError(
+                f"ServingConfig.pool_size: expected an integer >= 1, got {self.pool_size!r}"
+            )
+        for name in ("query_timeout", "wait_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(
+                    f"ServingConfig.{name}: expected seconds > 0, got {getattr(self, name)!r}"
+                )
+        if not isinstance(self.warm, int) or self.warm < 0:
+            raise ValueError(f"ServingConfig.warm: expected an integer >= 0, got {self.warm!r}")
+        if self.warm_seconds < 0:
+            raise ValueError(
+                f"ServingConfig.warm_seconds: expected seconds >= 0, got {self.warm_seconds!r}"
+            )
