@@ -9,8 +9,9 @@ the reason it cannot. The rules:
   query's other conjuncts must be over the view's keys (they then filter its rows);
 * **exact match**: the query groups by exactly the view's keys: each aggregate becomes
   the view's column, HAVING becomes WHERE, and no GROUP BY is left;
-* **roll-up**: the query groups by fewer keys (or none): SUM and COUNT roll up as SUM,
-  MIN and MAX as themselves, AVG as SUM(sum)/SUM(count), ARG_MAX by its stored order;
+* **roll-up**: the query groups by fewer keys (or none), by each function's roll-up:
+  SUM and COUNT roll up as SUM, MIN and MAX as themselves, AVG as SUM(sum)/SUM(count),
+  ARG_MAX by its stored order;
 * a rows view (filters and projections) answers any query over its columns.
 
 Expressions are compared by their SQL with table qualifiers dropped and identifiers
@@ -26,7 +27,19 @@ from sqlglot import exp
 
 from queries._errors import ViewDefinitionError
 from queries._tables import literal
-from queries._views import DIALECT, Aggregation, ViewDef, group_key, parse_aggregation
+from queries._views import (
+    AVG,
+    COUNT,
+    DIALECT,
+    SUM,
+    Aggregation,
+    Function,
+    ViewDef,
+    average,
+    group_key,
+    is_aggregate,
+    parse_aggregation,
+)
 
 
 class NoMatch(Exception):
@@ -61,26 +74,20 @@ def conjuncts(e: exp.Expr | None) -> list[exp.Expr]:
     return [e]
 
 
-def _agg_key(a: Aggregation) -> tuple[str, str, str, str, bool]:
+_AggKey = tuple[Function, str, str, str]
+
+
+def _agg_key(a: Aggregation) -> _AggKey:
     return (
-        a.func,
+        a.function,
         norm(a.arg) if a.arg is not None else "*",
         norm(a.order) if a.order is not None else "",
         norm(a.filter) if a.filter is not None else "",
-        a.keep_nulls,
     )
 
 
 def _col(name: str) -> exp.Column:
     return exp.column(name, quoted=True)
-
-
-def _is_aggregate(e: exp.Expr) -> bool:
-    if isinstance(e, exp.Filter):
-        return _is_aggregate(e.this)
-    return isinstance(e, exp.AggFunc) or (
-        isinstance(e, exp.Anonymous) and e.name.lower() in ("arg_max_null", "arg_min_null")
-    )
 
 
 class _Mapper:
@@ -99,7 +106,7 @@ class _Mapper:
         key = norm(e)
         if key in self.columns:
             return _col(self.columns[key])
-        if _is_aggregate(e) and self.mode != "rows":
+        if is_aggregate(e) and self.mode != "rows":
             return self._aggregate(e)
         if isinstance(e, exp.Column):
             what = "column" if self.view.kind == "rows" else "GROUP BY key"
@@ -121,42 +128,23 @@ class _Mapper:
             raise NoMatch(f"{e.sql(DIALECT)}: no view column aggregates this") from None
         key = _agg_key(wanted)
         found = self.aggregates.get(key)
-        if found is None and wanted.func == "avg":
+        if found is None and wanted.function is AVG:
             return self._avg_from_sum_and_count(e, key)
         if found is None:
             raise NoMatch(f"{e.sql(DIALECT)}: the view keeps no such aggregate")
-        column = _col(found.name)
         if self.mode == "exact match":
-            return column
-        if found.func in ("sum", "min", "max"):
-            return exp.func(found.func, column)
-        if found.func == "count":
-            total = exp.func("coalesce", exp.func("sum", column), exp.Literal.number(0))
-            return exp.Cast(this=total, to=exp.DataType.build("BIGINT"))
-        if found.func == "avg":
-            total = exp.func("sum", _col(f"__sum_{found.name}"))
-            count = exp.func("sum", _col(f"__count_{found.name}"))
-            return exp.Div(
-                this=exp.Cast(this=total, to=exp.DataType.build("DOUBLE")),
-                expression=exp.func("nullif", count, exp.Literal.number(0)),
-            )
-        name = f"{found.func}_null" if found.keep_nulls else found.func
-        return exp.Anonymous(this=name, expressions=[column, _col(f"__order_{found.name}")])
+            return _col(found.name)
+        return found.function.roll_up(found.name)
 
-    def _avg_from_sum_and_count(
-        self, e: exp.Expr, key: tuple[str, str, str, str, bool]
-    ) -> exp.Expr:
-        total = self.aggregates.get(("sum", *key[1:]))
-        count = self.aggregates.get(("count", *key[1:]))
+    def _avg_from_sum_and_count(self, e: exp.Expr, key: _AggKey) -> exp.Expr:
+        total = self.aggregates.get((SUM, *key[1:]))
+        count = self.aggregates.get((COUNT, *key[1:]))
         if total is None or count is None:
             raise NoMatch(f"{e.sql(DIALECT)}: the view keeps no AVG, nor SUM and COUNT, of this")
-        s, n = _col(total.name), _col(count.name)
-        if self.mode == "roll-up":
-            s, n = exp.func("sum", s), exp.func("sum", n)  # type: ignore[assignment]
-        return exp.Div(
-            this=exp.Cast(this=s, to=exp.DataType.build("DOUBLE")),
-            expression=exp.func("nullif", n, exp.Literal.number(0)),
-        )
+        if self.mode == "exact match":
+            return average(_col(total.name), _col(count.name))
+        # The count summed plainly: COUNT's roll-up makes no rows 0, which nullif undoes.
+        return average(SUM.roll_up(total.name), SUM.roll_up(count.name))
 
 
 def _point_keys(view: ViewDef, residual: list[exp.Expr]) -> int | None:
@@ -219,10 +207,10 @@ def rewrite_onto(
     by_alias = dict(items)
     group = query.args.get("group")
     if group is not None and group.args.get("all"):
-        grouped = [e for _, e in items if not any(_is_aggregate(n) for n in e.walk())]
+        grouped = [e for _, e in items if not any(is_aggregate(n) for n in e.walk())]
     else:
         grouped = [group_key(g, items, by_alias) for g in (group.expressions if group else [])]
-    has_aggregates = any(_is_aggregate(n) for _, e in items for n in e.walk())
+    has_aggregates = any(is_aggregate(n) for _, e in items for n in e.walk())
     mode: Literal["exact match", "roll-up", "rows"]
     if view.kind == "rows":
         mode = "rows"

@@ -16,26 +16,32 @@ from queries._views._follow import (
     read_watermark,
     request_rebuild,
 )
+from queries._views._functions import (
+    AVG,
+    COUNT,
+    DIALECT,
+    SUM,
+    Aggregation,
+    Function,
+    average,
+    is_aggregate,
+)
 from queries._views._lag import Lag, view_lags
 from queries._views._metrics import MAINTENANCE_SECONDS, VIEW_EVENTS, ViewsCollector
 from queries._views._projections import Declared, Projections, PythonProjection, View
-from queries._views._viewdef import (
-    DIALECT,
-    Aggregation,
-    Column,
-    ViewDef,
-    group_key,
-    parse_aggregation,
-    parse_view,
-)
+from queries._views._viewdef import Column, ViewDef, group_key, parse_aggregation, parse_view
 
 __all__ = [
+    "AVG",
+    "COUNT",
     "DIALECT",
     "MAINTENANCE_SECONDS",
+    "SUM",
     "VIEW_EVENTS",
     "Aggregation",
     "Column",
     "Declared",
+    "Function",
     "Lag",
     "Projections",
     "PublishedCollector",
@@ -43,8 +49,10 @@ __all__ = [
     "View",
     "ViewDef",
     "ViewsCollector",
+    "average",
     "follow",
     "group_key",
+    "is_aggregate",
     "parse_aggregation",
     "parse_view",
     "published_positions",

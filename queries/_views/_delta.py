@@ -3,9 +3,10 @@
 For an aggregate view the batch is first aggregated on its own (a partial view), then
 merged into the stored view with one ``INSERT ... ON CONFLICT (keys) DO UPDATE``, which
 DuckDB resolves through the primary-key index: the cost follows the batch, not the view.
-Each aggregate is stored as what merges: SUM as a sum, AVG as a sum and a count beside
-the average, ARG_MAX as the value and the order it was taken at. Those extra columns
-are hidden from the view's users (their names start with ``__``).
+Each aggregate is stored as what merges, as its row of `FUNCTIONS` says: SUM as a sum,
+AVG as a sum and a count beside the average, ARG_MAX as the value and the order it was
+taken at. Those extra columns are hidden from the view's users (their names start with
+``__``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from queries._tables import quote
-from queries._views._viewdef import DIALECT, Aggregation, ViewDef
+from queries._views._functions import DIALECT, Aggregation
+from queries._views._viewdef import ViewDef
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,66 +35,13 @@ def _sql(e: exp.Expr) -> str:
     return e.sql(DIALECT)
 
 
-def _filtered(call: str, *conditions: exp.Expr | None) -> str:
-    kept = [f"({_sql(c)})" for c in conditions if c is not None]
-    return f"{call} FILTER (WHERE {' AND '.join(kept)})" if kept else call
-
-
-def _sum_merge(column: str) -> str:
-    t, x = f"t.{quote(column)}", f"excluded.{quote(column)}"
-    return f"coalesce({t} + {x}, {t}, {x})"
-
-
 def _aggregation_columns(a: Aggregation) -> list[StoredColumn]:
-    name = quote(a.name)
-    t, x = f"t.{name}", f"excluded.{name}"
-    arg = _sql(a.arg) if a.arg is not None else "*"
-    if a.func == "sum":
-        return [StoredColumn(a.name, _filtered(f"sum({arg})", a.filter), _sum_merge(a.name))]
-    if a.func == "count":
-        return [StoredColumn(a.name, _filtered(f"count({arg})", a.filter), f"{t} + {x}")]
-    if a.func in ("min", "max"):
-        combine = "least" if a.func == "min" else "greatest"
-        return [
-            StoredColumn(a.name, _filtered(f"{a.func}({arg})", a.filter), f"{combine}({t}, {x})")
-        ]
-    if a.func == "avg":
-        s, n = f"__sum_{a.name}", f"__count_{a.name}"
-        total = _sum_merge(s)
-        count = f"t.{quote(n)} + excluded.{quote(n)}"
-        return [
-            StoredColumn(
-                a.name,
-                _filtered(f"avg({arg})", a.filter),
-                f"({total})::DOUBLE / nullif({count}, 0)",
-            ),
-            StoredColumn(s, _filtered(f"sum({arg})", a.filter), total, hidden=True),
-            StoredColumn(n, _filtered(f"count({arg})", a.filter), count, hidden=True),
-        ]
-    # arg_max / arg_min: keep the order the value was taken at, to compare with the
-    # next batch's candidate.
-    assert a.order is not None
-    order = _sql(a.order)
-    o = f"__order_{a.name}"
-    to, xo = f"t.{quote(o)}", f"excluded.{quote(o)}"
-    newer = ">" if a.func == "arg_max" else "<"
-    call = f"{a.func}{'_null' if a.keep_nulls else ''}({arg}, {order})"
-    seen = None if a.keep_nulls else exp.Not(this=exp.Is(this=a.arg, expression=exp.Null()))
-    extreme = "max" if a.func == "arg_max" else "min"
-    combine = "greatest" if a.func == "arg_max" else "least"
-    return [
-        StoredColumn(
-            a.name,
-            _filtered(call, a.filter),
-            f"CASE WHEN {xo} {newer} {to} OR {to} IS NULL THEN {x} ELSE {t} END",
-        ),
-        StoredColumn(
-            o,
-            _filtered(f"{extreme}({order})", seen, a.filter),
-            f"{combine}({to}, {xo})",
-            hidden=True,
-        ),
+    function = a.function
+    hidden = [
+        StoredColumn(h.name(a.name), h.delta(a), h.merge(a.name), hidden=True)
+        for h in function.hidden
     ]
+    return [StoredColumn(a.name, function.delta(a), function.merge(a.name)), *hidden]
 
 
 def stored_columns(view: ViewDef) -> list[StoredColumn]:

@@ -24,21 +24,19 @@ from sqlglot import exp
 from sqlglot.errors import ParseError
 
 from queries._errors import ViewDefinitionError
+from queries._views._functions import (
+    ARG_MAX_NULL,
+    ARG_MIN_NULL,
+    DIALECT,
+    FUNCTIONS,
+    Aggregation,
+    function_of,
+    is_aggregate,
+)
 
-DIALECT = "duckdb"
+# The functions a refusal offers; ARG_MAX and ARG_MIN stand for their _NULL forms.
+_OFFERED = ", ".join(f.name.upper() for f in FUNCTIONS if not f.keep_nulls)
 
-AggFunc = Literal["sum", "count", "min", "max", "avg", "arg_max", "arg_min"]
-
-_AGGREGATES: dict[type[exp.Expr], AggFunc] = {
-    exp.Sum: "sum",
-    exp.Count: "count",
-    exp.Min: "min",
-    exp.Max: "max",
-    exp.Avg: "avg",
-    exp.ArgMax: "arg_max",
-    exp.ArgMin: "arg_min",
-}
-_NULL_AGGREGATES: dict[str, AggFunc] = {"arg_max_null": "arg_max", "arg_min_null": "arg_min"}
 # A view must be a function of the log alone, or a rebuild would not reproduce it.
 _VOLATILE = {
     "random",
@@ -67,21 +65,6 @@ class Column:
 
     name: str
     expr: exp.Expr
-
-
-@dataclass(frozen=True, slots=True)
-class Aggregation:
-    """A view column made by an aggregate: ``func(arg [, order]) [FILTER (WHERE filter)]``.
-
-    `arg` is None for COUNT(*); `keep_nulls` marks ARG_MAX_NULL/ARG_MIN_NULL, which
-    take the ordered row's value even when it is NULL."""
-
-    name: str
-    func: AggFunc
-    arg: exp.Expr | None
-    order: exp.Expr | None = None
-    filter: exp.Expr | None = None
-    keep_nulls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,13 +187,7 @@ def _named_items(name: str, select: exp.Select) -> list[tuple[str, exp.Expr]]:
 
 
 def _aggregate_of(expr: exp.Expr) -> bool:
-    return any(isinstance(e, exp.AggFunc) or _null_agg(e) is not None for e in expr.walk())
-
-
-def _null_agg(expr: exp.Expr) -> AggFunc | None:
-    if isinstance(expr, exp.Anonymous):
-        return _NULL_AGGREGATES.get(expr.name.lower())
-    return None
+    return any(is_aggregate(e) for e in expr.walk())
 
 
 def parse_aggregation(view: str, column: str, expr: exp.Expr) -> Aggregation:
@@ -218,22 +195,18 @@ def parse_aggregation(view: str, column: str, expr: exp.Expr) -> Aggregation:
     if isinstance(expr, exp.Filter):
         condition = expr.expression.this
         expr = expr.this
-    func = _AGGREGATES.get(type(expr)) or _null_agg(expr)
-    if func is None or any(a.find(exp.AggFunc) for a in expr.iter_expressions() if a is not expr):
+    function = function_of(expr)
+    if function is None or any(
+        a.find(exp.AggFunc) for a in expr.iter_expressions() if a is not expr
+    ):
         raise _refuse(
             view,
             expr.sql(DIALECT),
-            "expected a grouping column or one of SUM, COUNT, MIN, MAX, AVG, ARG_MAX, "
-            "ARG_MIN (optionally with FILTER); declare the parts as columns and combine "
-            "them when you query",
+            f"expected a grouping column or one of {_OFFERED} (optionally with FILTER); "
+            "declare the parts as columns and combine them when you query",
         )
-    if isinstance(expr, exp.Anonymous):
-        arg, order = expr.expressions
-        return Aggregation(column, func, arg, order, condition, keep_nulls=True)
-    if func in ("arg_max", "arg_min"):
-        return Aggregation(column, func, expr.this, expr.expression, condition)
-    arg = None if isinstance(expr.this, exp.Star) else expr.this
-    return Aggregation(column, func, arg, None, condition)
+    arg, order = function.arguments(expr)
+    return function.aggregation(column, arg, order, condition)
 
 
 def _aggregate(
@@ -318,7 +291,7 @@ def _latest_per_key(
             f"expected ORDER BY {', '.join(on_keys)}, <what makes a row the latest> DESC",
         )
     last = ordered[-1]
-    func: AggFunc = "arg_max" if last.args.get("desc") else "arg_min"
+    latest = ARG_MAX_NULL if last.args.get("desc") else ARG_MIN_NULL
     keys: list[Column] = []
     aggregations: list[Aggregation] = []
     items = _named_items(name, select)
@@ -326,7 +299,7 @@ def _latest_per_key(
         if expr.sql(DIALECT) in on_keys:
             keys.append(Column(column, expr))
         else:
-            aggregations.append(Aggregation(column, func, expr, last.this, keep_nulls=True))
+            aggregations.append(latest.aggregation(column, expr, last.this))
     if len(keys) != len(on_keys):
         raise _refuse(name, "DISTINCT ON", "every key must also be a column of the view")
     names = tuple(n for n, _ in items)
