@@ -18,6 +18,7 @@ from typing import Annotated, Any, NamedTuple, Union
 import msgspec
 
 from connectors import Format
+from flows._app import App, as_app
 from flows._domain import Aggregate
 
 MAX_RECORD_BYTES = 64 * 1024
@@ -82,6 +83,7 @@ class Invalid:
     reason: str
     command_id: str | None = None
     aggregate_id: str | None = None
+    aggregate_type: str | None = None  # when the record's type names a known command
 
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
@@ -89,11 +91,17 @@ _FIELD = re.compile(r"Object (?P<kind>missing required|contains unknown) field `
 
 
 class Parser:
-    """Decodes and validates command records for one aggregate type."""
+    """Decodes and validates command records for an application (or one aggregate type):
+    a record's ``type`` names one command of one of its aggregate types."""
 
-    def __init__(self, aggregate: Aggregate[Any], max_record_bytes: int = MAX_RECORD_BYTES):
-        self.aggregate = aggregate
+    def __init__(self, app: App | Aggregate[Any], max_record_bytes: int = MAX_RECORD_BYTES):
+        self.app = as_app(app)
         self.max_record_bytes = max_record_bytes
+        command_types = {
+            name: cls
+            for aggregate in self.app.aggregates
+            for name, cls in aggregate.command_types.items()
+        }
         self._envelope: dict[
             str, msgspec.json.Decoder[CommandRecord] | msgspec.msgpack.Decoder[CommandRecord]
         ] = {
@@ -103,11 +111,14 @@ class Parser:
         self._data: dict[
             str, dict[str, msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]]
         ] = {
-            "jsonl": {n: msgspec.json.Decoder(c) for n, c in aggregate.command_types.items()},
-            "msgpack": {n: msgspec.msgpack.Decoder(c) for n, c in aggregate.command_types.items()},
+            "jsonl": {n: msgspec.json.Decoder(c) for n, c in command_types.items()},
+            "msgpack": {n: msgspec.msgpack.Decoder(c) for n, c in command_types.items()},
         }
-        self._types = ", ".join(aggregate.command_types)
-        typed = _typed_records(aggregate.command_types)
+        self._types = ", ".join(command_types)
+        self._aggregate_of_type = {
+            name: a.name for a in self.app.aggregates for name in a.command_types
+        }
+        typed = _typed_records(command_types)
         self._fast: dict[str, msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]] = {
             "jsonl": msgspec.json.Decoder(typed),
             "msgpack": msgspec.msgpack.Decoder(typed),
@@ -137,7 +148,7 @@ class Parser:
         decoder = self._data[fmt].get(record.type)
         if decoder is None:
             return Invalid(
-                f"type: {record.type!r} is not a command of {self.aggregate.name}; "
+                f"type: {record.type!r} is not a command of {self.app.name}; "
                 f"expected one of {self._types}",
                 record.command_id,
                 record.aggregate_id,
@@ -146,7 +157,8 @@ class Parser:
             payload = decoder.decode(record.data)
         except _UNDECODABLE as err:
             invalid = self._invalid(bytes(record.data), fmt, err, prefix="data")
-            return Invalid(invalid.reason, record.command_id, record.aggregate_id)
+            aggregate = self._aggregate_of_type[record.type]
+            return Invalid(invalid.reason, record.command_id, record.aggregate_id, aggregate)
         return Command(
             record.command_id,
             record.aggregate_id,

@@ -23,6 +23,7 @@ class Result(msgspec.Struct, omit_defaults=True):
     position: str | None = None
     events: list[str] = []
     reason: str | None = None
+    aggregate_type: str | None = None  # the stream's, with `aggregate_id`
 
 
 class DeadLetter(msgspec.Struct):
@@ -32,8 +33,11 @@ class DeadLetter(msgspec.Struct):
     offset: int
     reason: str
     record: str  # the bytes as text (undecodable bytes escaped), at most 4 KiB
+    aggregate_type: str | None = None  # when the record's type named a known command
 
 
-def dead_letter(source: str, offset: int, reason: str, raw: bytes) -> DeadLetter:
+def dead_letter(
+    source: str, offset: int, reason: str, raw: bytes, aggregate_type: str | None = None
+) -> DeadLetter:
     text = raw[:4096].decode("utf-8", errors="backslashreplace")
-    return DeadLetter(source, offset, reason, text)
+    return DeadLetter(source, offset, reason, text, aggregate_type)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from flows._app import App
 from flows._domain import Aggregate, Decision, Rejected
 from queries import View
 from store import Layout
@@ -174,9 +175,12 @@ VIEWS: tuple[View, ...] = (
 )
 
 
+APP = App("bank", (ACCOUNT,), VIEWS)
+
+
 def layout() -> Layout:
     """The log layout of the bank's events."""
-    return ACCOUNT.layout()
+    return APP.layout()
 
 
 def __getattr__(name: str) -> Any:
@@ -191,4 +195,4 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from flows._flow import flow_from_environment
 
-    return flow_from_environment(ACCOUNT)
+    return flow_from_environment(APP, "bank")

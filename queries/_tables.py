@@ -63,7 +63,9 @@ def register_log(
     `log.refresh()`) to see later events.
     """
     table = log_table(log, from_position)
-    layouts = log_layouts(log)
+    # A reader with classes reads every segment as their layout; without, the tables
+    # cover every layout the log holds.
+    layouts = [log.layout] if log.layout is not None else log_layouts(log)
     if table.num_rows == 0 and layouts:
         table = layouts[-1].read_schema.empty_table()
     con.register("__cqrsflow_log", table)

@@ -21,7 +21,7 @@ from store._errors import (
 )
 from store._frames import concat, log_table, to_polars
 from store._journal import Journal
-from store._layout import ENVELOPE_NAMES, EventType, Layout, PayloadField
+from store._layout import ENVELOPE_NAMES, EventType, Layout, PayloadField, Upcaster
 from store._log import ArrowLog, LogReader, check_writable, log_partitions, partition_of
 from store._memory import MemoryLog
 from store._metrics import LogDiskCollector
@@ -36,6 +36,7 @@ from store._model import (
 )
 from store._segment import Recovery
 from store._snapshots import Snapshot, SnapshotPolicy, SnapshotStore, fingerprint
+from store._streams import split_stream, stream_key
 from store._verify import SegmentStats, segment_stats, verify_log
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "SnapshotStore",
     "StorageFullError",
     "StoreError",
+    "Upcaster",
     "VersionConflict",
     "check_writable",
     "concat",
@@ -77,6 +79,8 @@ __all__ = [
     "log_table",
     "partition_of",
     "segment_stats",
+    "split_stream",
+    "stream_key",
     "to_polars",
     "translate_os_error",
     "verify_log",

@@ -4,9 +4,9 @@ Both `MemoryLog` (the executable spec) and `ArrowLog` (the product) implement it
 and ``tests/log_contract.py`` checks both against the same suite.
 
 - ``append(events)`` appends a batch and returns one `Position` per event. An
-  event's ``version`` must be its aggregate's last version plus one (versions are
+  event's ``version`` must be its stream's last version plus one (versions are
   gap-free from 1); positions are gap-free per partition from 0. An event already in
-  the log, the same ``(aggregate_id, version)`` with the same ``event_id``, is not
+  the log, the same stream and version with the same ``event_id``, is not
   written again: its existing position is returned (this makes replays after a crash
   idempotent). Any other mismatch is a conflict: nothing is written for that
   aggregate, the rest of the batch is, and `ConcurrencyError` says which aggregates,
@@ -14,10 +14,14 @@ and ``tests/log_contract.py`` checks both against the same suite.
 - When ``append`` returns, the batch is durable as the fsync policy promises.
 - ``read_all(from_position, event_types=, since=)`` yields committed events as
   Arrow record batches in position order within each partition.
-- ``read_stream(aggregate_id, from_version)`` is one aggregate's events, in version
-  order, as an Arrow table; ``last_version`` its last version (0 if none).
-  ``read_streams({aggregate_id: from_version, ...})`` is several at once, in position
-  order within each partition (so each aggregate's events are in version order).
+- A stream is an aggregate type and an aggregate id: two aggregates of different types
+  may share an id and still have their own versions. Versions are per stream, and a
+  stream is named by its key, ``stream_key(aggregate_type, aggregate_id)``, or, where
+  the log holds one aggregate type only, by its bare id.
+- ``read_stream(aggregate_id, from_version, aggregate_type=)`` is one stream's events,
+  in version order, as an Arrow table; ``last_version`` its last version (0 if none).
+  ``read_streams({stream key: from_version, ...})`` is several at once, in position
+  order within each partition (so each stream's events are in version order).
 - ``decode`` turns rows read back into `RecordedEvent` objects.
 - ``watermarks()`` is the next position of every partition.
 """
@@ -43,11 +47,15 @@ class EventLog(Protocol):
         since: int | None = None,
     ) -> Iterator[pa.RecordBatch]: ...
 
-    def read_stream(self, aggregate_id: str, from_version: int = 1) -> pa.Table: ...
+    def stream(self, aggregate_id: str, aggregate_type: str | None = None) -> str: ...
+
+    def read_stream(
+        self, aggregate_id: str, from_version: int = 1, *, aggregate_type: str | None = None
+    ) -> pa.Table: ...
 
     def read_streams(self, wanted: Mapping[str, int]) -> pa.Table: ...
 
-    def last_version(self, aggregate_id: str) -> int: ...
+    def last_version(self, aggregate_id: str, *, aggregate_type: str | None = None) -> int: ...
 
     def decode(self, data: pa.Table | pa.RecordBatch) -> list[RecordedEvent]: ...
 

@@ -2,6 +2,7 @@
 
 A data directory holds the log and everything derived from it or kept beside it::
 
+    DIR/app.json                       the application the directory belongs to
     DIR/log/manifest.json              the log's format and partition count
     DIR/log/<partition>/...            segments (see `store._segment`)
     DIR/snapshots/...                  aggregate snapshots
@@ -38,6 +39,10 @@ class DataDir:
 
     def __str__(self) -> str:
         return str(self.root)
+
+    @property
+    def app(self) -> Path:
+        return self.root / "app.json"
 
     @property
     def log(self) -> Path:

@@ -15,6 +15,8 @@ import errno
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from store._streams import aggregate_id_of, aggregate_type_of
+
 
 class StoreError(Exception):
     """Root of every error raised by `store`."""
@@ -22,16 +24,25 @@ class StoreError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class VersionConflict:
-    """One aggregate whose appended events did not follow its last version."""
+    """One stream whose appended events did not follow its last version. `stream` is
+    its key (see `store.stream_key`): its aggregate's id and type."""
 
-    aggregate_id: str
+    stream: str
     expected: int
     actual: int
 
+    @property
+    def aggregate_id(self) -> str:
+        return aggregate_id_of(self.stream)
+
+    @property
+    def aggregate_type(self) -> str:
+        return aggregate_type_of(self.stream)
+
     def __str__(self) -> str:
         return (
-            f"aggregate {self.aggregate_id!r}: expected version {self.expected} "
-            f"to follow, but the log is at version {self.actual}"
+            f"aggregate {self.aggregate_id!r} ({self.aggregate_type}): expected version "
+            f"{self.expected} to follow, but the log is at version {self.actual}"
         )
 
 

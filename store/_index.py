@@ -1,11 +1,14 @@
 """The per-aggregate index: which rows of a segment belong to an aggregate.
 
-While a segment is active its index is a dict from aggregate id to its rows in that
+An aggregate's stream is named by its key, its id and its type (`store._streams`).
+While a segment is active its index is a dict from stream key to its rows in that
 segment, folded in lazily by readers. When the segment is sealed, the index is built
 from the segment with Arrow and numpy and written beside it as ``<segment>.idx``, an
-Arrow IPC file with one row per aggregate sorted by id: ``key`` (the id's UTF-8 bytes,
+Arrow IPC file with one row per stream sorted by key: ``key`` (the key's UTF-8 bytes,
 fixed width, NUL-padded), ``last_version``, ``rows`` (its row numbers within the
-segment, in version order) and ``hot_start``. Opened with a memory map, a lookup is a
+segment, in version order) and ``hot_start``. Its schema metadata says the index's
+format: an index of another format (one keyed by id alone, before streams had a type)
+is rebuilt like a missing one. Opened with a memory map, a lookup is a
 binary search over the keys, with no Python objects per aggregate.
 
 Hot streams. Reading rows scattered over a segment costs a cache miss per value, so a
@@ -30,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from store._errors import translate_os_error
+from store._layout import Layout
 
 
 class ActiveIndex:
@@ -47,23 +51,23 @@ class ActiveIndex:
         self.versions = array("q")  # row -> its version
         self.first_row = 0  # rows below this were folded into another index
 
-    def add(self, aggregate_ids: list[str], versions: list[int], first_row: int) -> None:
+    def add(self, streams: list[str], versions: list[int], first_row: int) -> None:
         if not self.previous:
             self.first_row = first_row
         last_row = self.last_row
         get = last_row.get
         previous: list[int] = []
         link = previous.append
-        for row, agg in enumerate(aggregate_ids, first_row):
+        for row, agg in enumerate(streams, first_row):
             link(get(agg, -1))
             last_row[agg] = row
         self.previous.extend(previous)
         self.versions.extend(versions)
 
-    def lookup(self, aggregate_id: str) -> tuple[np.ndarray, int, int]:
+    def lookup(self, stream: str) -> tuple[np.ndarray, int, int]:
         """The aggregate's rows in this segment, its last version (0 if none), and -1:
         the active segment has no hot streams."""
-        row = self.last_row.get(aggregate_id, -1)
+        row = self.last_row.get(stream, -1)
         if row < 0:
             return np.zeros(0, np.int64), 0, -1
         first, previous = self.first_row, self.previous
@@ -79,10 +83,15 @@ class ActiveIndex:
 HOT_ROWS = 64
 
 
-def write_index(path: Path, batches: Sequence[pa.RecordBatch]) -> None:
-    """Build a sealed segment's index (and hot streams) from its batches, and write them."""
+INDEX_FORMAT = b"2"  # 2: keyed by stream (id and type); 1 (no marker): by id alone
+_FORMAT_KEY = b"cqrsflow.index"
+
+
+def write_index(path: Path, batches: Sequence[pa.RecordBatch], layout: Layout) -> None:
+    """Build a sealed segment's index (and hot streams) from its batches (of the
+    segment's own `layout`), and write them."""
     if batches:
-        ids = pa.chunked_array([b.column(1) for b in batches]).combine_chunks()
+        ids = pa.chunked_array([layout.batch_keys(b) for b in batches]).combine_chunks()
         versions = pa.chunked_array([b.column(3) for b in batches]).to_numpy()
     else:
         ids, versions = pa.array([], pa.string()), np.zeros(0, np.int64)
@@ -107,7 +116,8 @@ def write_index(path: Path, batches: Sequence[pa.RecordBatch]) -> None:
             "last_version": pa.array(versions[last_rows], pa.int64()),
             "rows": pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows)),
             "hot_start": pa.array(hot_start, pa.int64()),
-        }
+        },
+        metadata={_FORMAT_KEY: INDEX_FORMAT},
     )
     tmp = path.with_suffix(".idx.tmp")
     try:
@@ -204,6 +214,9 @@ class SealedIndex:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         source = pa.BufferReader(pa.py_buffer(self._map))
         table = pa.ipc.open_file(source).read_all().combine_chunks()
+        if (table.schema.metadata or {}).get(_FORMAT_KEY) != INDEX_FORMAT:
+            self._map.close()
+            raise KeyError(f"{path}: an index of another format; rebuild it")
         self.hot_start = table.column("hot_start").to_numpy()
         key = table.column("key").chunk(0) if table.num_rows else pa.array([], pa.binary(1))
         width = key.type.byte_width
@@ -230,9 +243,9 @@ class SealedIndex:
         if hasattr(mmap, "MADV_DONTNEED"):
             self._map.madvise(mmap.MADV_DONTNEED)
 
-    def find(self, aggregate_id: str) -> int:
-        """The aggregate's slot, or -1 (its pages stay mapped: the caller reads on)."""
-        key = aggregate_id.encode()
+    def find(self, stream: str) -> int:
+        """The stream's slot, or -1 (its pages stay mapped: the caller reads on)."""
+        key = stream.encode()
         if len(key) > self.width or not len(self.keys):
             return -1
         i = int(np.searchsorted(self.keys, key))
@@ -240,10 +253,10 @@ class SealedIndex:
             return i
         return -1
 
-    def lookup(self, aggregate_id: str) -> tuple[np.ndarray, int, int]:
+    def lookup(self, stream: str) -> tuple[np.ndarray, int, int]:
         """The aggregate's rows in this segment, its last version (0 if none), and
         where its rows start in the hot streams (-1 if it has none there)."""
-        i = self.find(aggregate_id)
+        i = self.find(stream)
         if i < 0:
             self.release()
             return np.zeros(0, np.int64), 0, -1
@@ -252,14 +265,14 @@ class SealedIndex:
         self.release()  # all of it was copied out
         return found
 
-    def lookup_many(self, aggregate_ids: list[str]) -> list[tuple[str, np.ndarray, int, int]]:
+    def lookup_many(self, streams: list[str]) -> list[tuple[str, np.ndarray, int, int]]:
         """`lookup` for many aggregates in one binary search; only those found."""
-        if not len(self.keys) or not aggregate_ids:
+        if not len(self.keys) or not streams:
             return []
-        if len(aggregate_ids) == 1:  # one aggregate: a scalar search costs a tenth
-            rows, last, hot_start = self.lookup(aggregate_ids[0])
-            return [(aggregate_ids[0], rows, last, hot_start)] if len(rows) else []
-        encoded = [a.encode() for a in aggregate_ids]
+        if len(streams) == 1:  # one aggregate: a scalar search costs a tenth
+            rows, last, hot_start = self.lookup(streams[0])
+            return [(streams[0], rows, last, hot_start)] if len(rows) else []
+        encoded = [a.encode() for a in streams]
         fits = [i for i, k in enumerate(encoded) if len(k) <= self.width]
         keys = np.array([encoded[i] for i in fits], dtype=f"S{self.width}")
         slots = np.searchsorted(self.keys, keys)
@@ -278,7 +291,7 @@ class SealedIndex:
         rows = self.flat[np.repeat(starts - (ends - counts), counts) + np.arange(ends[-1])]
         out = list(
             zip(
-                [aggregate_ids[fits[j]] for j in hit.tolist()],
+                [streams[fits[j]] for j in hit.tolist()],
                 np.split(rows.astype(np.int64), ends[:-1]),
                 self.last_version[at].tolist(),
                 self.hot_start[at].tolist(),

@@ -46,10 +46,12 @@ from typing import Any
 import msgpack
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from store._errors import SchemaError
 from store._model import NewEvent, RecordedEvent
-from store._records import is_record_class, record_fields
+from store._records import NO_DEFAULT, is_record_class, record_defaults, record_fields
+from store._streams import SEP
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"cqrsflow.layout"
@@ -104,16 +106,35 @@ class PayloadField:
     column: str
     arrow_type: pa.DataType
     msgpack: bool
+    # What an event written before the field existed reads as (its class's default);
+    # NO_DEFAULT where the class has none, and for layouts read from disk.
+    default: Any = dataclasses.field(default=NO_DEFAULT, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Upcaster:
+    """Turns the payload of one stored version of an event type into the next version's:
+    ``upcast(fields) -> fields``, plain dicts. Upcasters of a type chain, version by
+    version, up to its class: a type with upcasters for versions 1 and 2 is at version
+    3, and an event stored at version 1 is read through both. `event_type` is the
+    class's name (after a rename, the new one)."""
+
+    event_type: str
+    version: int
+    upcast: Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EventType:
-    """An event type as the log knows it: name, aggregate type, fields, and class if known."""
+    """An event type as the log knows it: name, aggregate type, fields, class if known,
+    the version its events are written at, and the names it had before."""
 
     name: str
     aggregate_type: str
     fields: tuple[PayloadField, ...]
     cls: type | None
+    version: int = 1
+    renamed_from: tuple[str, ...] = ()
 
 
 def _field_type(annotation: Any) -> tuple[pa.DataType, bool]:
@@ -153,10 +174,15 @@ class Layout:
         self._code_by_class = {t.cls: i for i, t in enumerate(self.event_types) if t.cls}
         self._agg_dictionary = pa.array(self.aggregate_types, pa.string())
         # An event class belongs to one aggregate type, so its code gives the type's.
-        self._aggregate_of_type = np.array(
+        self._aggregate_of_type: np.ndarray = np.array(
             [self._agg_code[t.aggregate_type] for t in self.event_types], dtype=np.int8
         )
         self._type_dictionary = pa.array([t.name for t in self.event_types], pa.string())
+        # Stream keys (`store._streams`): an event's id and its aggregate type.
+        self._key_suffix_of_class = {
+            t.cls: SEP + t.aggregate_type for t in self.event_types if t.cls is not None
+        }
+        self._key_suffixes = pa.array([SEP + a for a in self.aggregate_types], pa.string())
 
         columns: dict[str, pa.DataType] = {}
         contributors: dict[str, list[tuple[int, str]]] = {}
@@ -182,14 +208,23 @@ class Layout:
         )
         self.read_schema = pa.schema(read_envelope + payload, metadata=meta)
         self._extract = self._compile_extractor()
+        # (event type, stored version) -> the upcaster to the next version
+        self.upcasters: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
     # -- construction -------------------------------------------------------
 
     @classmethod
-    def from_classes(cls, aggregates: Mapping[str, Sequence[type]]) -> Layout:
+    def from_classes(
+        cls,
+        aggregates: Mapping[str, Sequence[type]],
+        *,
+        renamed: Mapping[str, type] | None = None,
+        upcasters: Sequence[Upcaster] = (),
+    ) -> Layout:
         """Derive the layout from event classes (dataclasses or msgspec Structs)
-        grouped by aggregate type."""
-        found: list[tuple[str, str, type, list[tuple[str, pa.DataType, bool]]]] = []
+        grouped by aggregate type; `renamed` maps an event type's earlier names to its
+        class, and `upcasters` read its earlier versions (see `store._evolve`)."""
+        found: list[tuple[str, str, type, list[tuple[str, pa.DataType, bool, Any]]]] = []
         seen: dict[str, str] = {}
         for aggregate_type, classes in aggregates.items():
             for event_cls in classes:
@@ -204,22 +239,39 @@ class Layout:
                         f"{aggregate_type!r}: event type names must be unique"
                     )
                 seen[name] = aggregate_type
-                fields = [(n, *_field_type(t)) for n, t in record_fields(event_cls)]
+                defaults = record_defaults(event_cls)
+                fields = [
+                    (n, *_field_type(t), defaults.get(n, NO_DEFAULT))
+                    for n, t in record_fields(event_cls)
+                ]
                 found.append((aggregate_type, name, event_cls, fields))
+        versions = upcaster_versions(upcasters, seen)
+        earlier = earlier_names(renamed or {}, seen)
         # A field name gets its own column unless its type clashes with a column
         # already claimed under that name (or with an envelope column).
         claimed: dict[str, pa.DataType] = {}
         event_types = []
         for aggregate_type, name, event_cls, fields in found:
             laid_out = []
-            for fname, arrow_type, packed in fields:
+            for fname, arrow_type, packed, default in fields:
                 column = fname
                 if fname in ENVELOPE_NAMES or claimed.get(fname, arrow_type) != arrow_type:
                     column = f"{name}.{fname}"
                 claimed.setdefault(column, arrow_type)
-                laid_out.append(PayloadField(fname, column, arrow_type, packed))
-            event_types.append(EventType(name, aggregate_type, tuple(laid_out), event_cls))
-        return cls(event_types)
+                laid_out.append(PayloadField(fname, column, arrow_type, packed, default))
+            event_types.append(
+                EventType(
+                    name,
+                    aggregate_type,
+                    tuple(laid_out),
+                    event_cls,
+                    versions.get(name, 1),
+                    earlier.get(name, ()),
+                )
+            )
+        layout = cls(event_types)
+        layout.upcasters = {(u.event_type, u.version): u.upcast for u in upcasters}
+        return layout
 
     @classmethod
     def from_schema(cls, schema: pa.Schema) -> Layout:
@@ -244,6 +296,7 @@ class Layout:
                         for f in et["fields"]
                     ),
                     None,
+                    int(et.get("version", 1)),  # layouts written before versions: 1
                 )
                 for et in doc["event_types"]
             ]
@@ -257,6 +310,7 @@ class Layout:
                     {
                         "name": et.name,
                         "aggregate_type": et.aggregate_type,
+                        **({"version": et.version} if et.version != 1 else {}),
                         "fields": [
                             {"name": f.name, "column": f.column, "msgpack": f.msgpack}
                             for f in et.fields
@@ -271,12 +325,13 @@ class Layout:
     def same_as(self, other: Layout) -> bool:
         return bool(self.disk_schema.equals(other.disk_schema, check_metadata=True))
 
-    def with_classes(self, classes: Layout) -> Layout:
-        """This (on-disk) layout, decoding payloads with `classes`' event classes where names match."""
-        by_name = {et.name: et.cls for et in classes.event_types}
-        return Layout(
-            [dataclasses.replace(et, cls=by_name.get(et.name)) for et in self.event_types]
-        )
+    def aggregate_codes(self, type_codes: np.ndarray) -> np.ndarray:
+        """The aggregate type code of each event type code."""
+        codes: np.ndarray = self._aggregate_of_type[type_codes]
+        return codes
+
+    def payload_type(self, column: str) -> pa.DataType:
+        return self._payload_types[column]
 
     def payload_codes(self) -> dict[int, list[int]]:
         """Per payload column (by index in the schema), the event type codes that have it."""
@@ -356,6 +411,22 @@ class Layout:
         exec("\n".join(body), namespace)
         return namespace["extract"]  # type: ignore[no-any-return]
 
+    # -- stream keys --------------------------------------------------------
+
+    def stream_keys(self, events: Sequence[NewEvent]) -> list[str]:
+        """Each event's stream key (its aggregate id and type, see `store.stream_key`).
+        Call after `encode`, which names an event class this layout does not have."""
+        suffix = self._key_suffix_of_class
+        return [e.aggregate_id + suffix[e.payload.__class__] for e in events]
+
+    def batch_keys(self, batch: pa.RecordBatch) -> pa.Array:
+        """Each row's stream key, for a batch of this layout (on disk or as read)."""
+        codes = batch.column(_AGG_INDEX)
+        if pa.types.is_dictionary(codes.type):
+            codes = codes.indices
+        suffixes = self._key_suffixes.take(codes)
+        return pc.binary_join_element_wise(batch.column(1), suffixes, "")
+
     # -- decoding -----------------------------------------------------------
 
     def to_read(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -420,6 +491,46 @@ class Layout:
                 )
             )
         return out
+
+
+def upcaster_versions(upcasters: Sequence[Upcaster], types: Mapping[str, str]) -> dict[str, int]:
+    """Each upcast event type's current version: one past its last upcaster, whose
+    versions must run 1, 2, ... without a gap (an event at any of them can be read)."""
+    by_type: dict[str, list[int]] = {}
+    for u in upcasters:
+        if u.event_type not in types:
+            raise SchemaError(
+                f"upcaster of {u.event_type!r} version {u.version}: no event class of that "
+                f"name (the event types are {', '.join(types)}); name the class it upcasts to"
+            )
+        by_type.setdefault(u.event_type, []).append(u.version)
+    for name, found in by_type.items():
+        if sorted(found) != list(range(1, len(found) + 1)):
+            raise SchemaError(
+                f"upcasters of {name!r}: versions {sorted(found)}; expected one for each of "
+                f"1 to {len(found)}, each turning that version's fields into the next's"
+            )
+    return {name: len(found) + 1 for name, found in by_type.items()}
+
+
+def earlier_names(
+    renamed: Mapping[str, type], types: Mapping[str, str]
+) -> dict[str, tuple[str, ...]]:
+    """Each event type's earlier names, from `renamed` (old name -> class)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for old, cls in renamed.items():
+        new = getattr(cls, "__name__", repr(cls))
+        if new not in types:
+            raise SchemaError(
+                f"renamed {old!r} to {new!r}: {new!r} is not an event class of the layout"
+            )
+        if old in types:
+            raise SchemaError(
+                f"renamed {old!r} to {new!r}: {old!r} is still an event class; an event type "
+                "has one name at a time"
+            )
+        out[new] = (*out.get(new, ()), old)
+    return out
 
 
 def _packb(value: Any, column: str) -> bytes:

@@ -25,6 +25,7 @@ from store._metrics import APPEND_SECONDS
 from store._model import LogConfig, NewEvent, Positions, RecordedEvent
 from store._partition import PartitionReader, PartitionWriter, lock_partition
 from store._segment import Recovery
+from store._streams import SEP, aggregate_id_of, stream_key
 
 MANIFEST_FORMAT = 1
 
@@ -103,6 +104,13 @@ class LogReader:
         for p in self._partitions:
             p.refresh()
 
+    def check_readable(self) -> None:
+        """Raise SchemaError now if the log holds an event this reader's classes cannot
+        read (a type no class has, a field that changed without an upcaster), naming the
+        type, the segment and the fix; without classes, every event is readable."""
+        for p in self._partitions:
+            p.check_readable()
+
     def watermarks(self) -> dict[int, int]:
         """The next position of each partition: everything below it is committed."""
         return {p.number: p.next_position for p in self._partitions}
@@ -126,23 +134,58 @@ class LogReader:
             )
             yield from p.batches(start, event_types, since)
 
-    def read_stream(self, aggregate_id: str, from_version: int = 1) -> pa.Table:
-        """One aggregate's events from `from_version`, in version order, via the index."""
-        p = self._partitions[partition_of(aggregate_id, len(self._partitions))]
-        table = concat(p.read_stream(aggregate_id, from_version))
+    def aggregate_types(self) -> tuple[str, ...]:
+        """The aggregate types of this reader's classes, or else of the log's segments."""
+        if self.layout is not None:
+            return self.layout.aggregate_types
+        found = {
+            a: None
+            for p in self._partitions
+            for seg in p.segments
+            if seg.layout is not None
+            for a in seg.layout.aggregate_types
+        }
+        return tuple(found)
+
+    def stream(self, aggregate_id: str, aggregate_type: str | None = None) -> str:
+        """The key of a stream (see `store.stream_key`). Without `aggregate_type`, a
+        bare id names the stream of the log's only aggregate type, and a key itself."""
+        if aggregate_type is not None:
+            return stream_key(aggregate_type, aggregate_id)
+        if SEP in aggregate_id:
+            return aggregate_id
+        types = self.aggregate_types()
+        if len(types) == 1:
+            return stream_key(types[0], aggregate_id)
+        raise StoreError(
+            f"stream {aggregate_id!r}: the log holds "
+            + (f"several aggregate types ({', '.join(types)})" if types else "no events yet")
+            + "; name its type: aggregate_type=..."
+        )
+
+    def read_stream(
+        self, aggregate_id: str, from_version: int = 1, *, aggregate_type: str | None = None
+    ) -> pa.Table:
+        """One stream's events from `from_version`, in version order, via the index.
+        A stream is an aggregate type and id (`aggregate_type` may be left out where
+        the log holds one type only; `aggregate_id` may also be a stream key)."""
+        key = self.stream(aggregate_id, aggregate_type)
+        p = self._partitions[partition_of(aggregate_id_of(key), len(self._partitions))]
+        table = concat(p.read_stream(key, from_version))
         if table is None:
             return (self.layout or _first_layout(self._partitions)).read_schema.empty_table()
         return table
 
     def read_streams(self, wanted: Mapping[str, int]) -> pa.Table:
-        """Several aggregates' events at once, each from its own version (aggregate id
-        -> from_version): in position order within each partition, so each
-        aggregate's events are in version order."""
+        """Several streams' events at once, each from its own version (stream key, or
+        a bare id where the log holds one aggregate type, -> from_version): in
+        position order within each partition, so each stream's events are in version
+        order."""
         by_partition: dict[int, dict[str, int]] = {}
-        for agg, from_version in wanted.items():
-            by_partition.setdefault(partition_of(agg, len(self._partitions)), {})[agg] = (
-                from_version
-            )
+        n = len(self._partitions)
+        for stream, from_version in wanted.items():
+            key = stream if SEP in stream else self.stream(stream)
+            by_partition.setdefault(partition_of(aggregate_id_of(key), n), {})[key] = from_version
         batches = [
             b
             for p, part in sorted(by_partition.items())
@@ -153,9 +196,11 @@ class LogReader:
             return (self.layout or _first_layout(self._partitions)).read_schema.empty_table()
         return table
 
-    def last_version(self, aggregate_id: str) -> int:
-        p = self._partitions[partition_of(aggregate_id, len(self._partitions))]
-        return p.last_version(aggregate_id)
+    def last_version(self, aggregate_id: str, *, aggregate_type: str | None = None) -> int:
+        """A stream's last version, 0 if it has none (named as for `read_stream`)."""
+        key = self.stream(aggregate_id, aggregate_type)
+        p = self._partitions[partition_of(aggregate_id_of(key), len(self._partitions))]
+        return p.last_version(key)
 
     def decode(self, data: pa.Table | pa.RecordBatch) -> list[RecordedEvent]:
         """Python event objects for rows read from this log."""
@@ -169,10 +214,14 @@ class LogReader:
         return out
 
     def _decoder(self) -> Layout:
-        """Every event type of every segment (newest wins), with this reader's classes.
+        """This reader's classes, which every batch it reads is in (see `store._evolve`);
+        without classes, every event type of every segment (newest wins), decoding
+        payloads as dicts.
 
         Cached by the segments' layouts: building a Layout costs milliseconds, and
         decode runs once per aggregate rehydrated."""
+        if self.layout is not None:
+            return self.layout
         layouts = [
             (p, seg.layout)
             for p in self._partitions
@@ -183,10 +232,8 @@ class LogReader:
         if self._decoder_cache is not None and self._decoder_cache[0] == key:
             return self._decoder_cache[1]
         found: dict[str, EventType] = {}
-        for p, layout in layouts:
-            found.update((et.name, et) for et in p.layout_of_layout(layout).event_types)
-        if self.layout is not None:
-            found.update((et.name, et) for et in self.layout.event_types)
+        for _, layout in layouts:
+            found.update((et.name, et) for et in layout.event_types)
         if not found:
             return _first_layout(self._partitions)
         decoder = Layout(list(found.values()))
@@ -278,12 +325,13 @@ class ArrowLog(LogReader):
         found.update({p: w.next_position for p, w in self._writers.items()})
         return dict(sorted(found.items()))
 
-    def last_version(self, aggregate_id: str) -> int:
-        p = partition_of(aggregate_id, len(self._partitions))
+    def last_version(self, aggregate_id: str, *, aggregate_type: str | None = None) -> int:
+        key = self.stream(aggregate_id, aggregate_type)
+        p = partition_of(aggregate_id_of(key), len(self._partitions))
         writer = self._writers.get(p)
         if writer is not None:  # the writer knows without reading
-            return writer.last_version(aggregate_id)
-        return self._partitions[p].last_version(aggregate_id)
+            return writer.last_version(key)
+        return self._partitions[p].last_version(key)
 
     def append(self, events: Sequence[NewEvent]) -> Positions:
         """Append a batch; durable under the fsync policy when this returns.

@@ -17,6 +17,7 @@ from store._errors import ConcurrencyError, VersionConflict
 from store._layout import Layout
 from store._log import partition_of
 from store._model import NewEvent, Position, Positions, RecordedEvent
+from store._streams import SEP, aggregate_id_of, aggregate_type_of, stream_key
 
 
 class MemoryLog:
@@ -36,19 +37,22 @@ class MemoryLog:
         conflicts: dict[str, VersionConflict] = {}
         existing: dict[int, Position] = {}
         expected = dict(self._versions)
+        self.layout.encode(events, 0)  # refuses an event class the layout does not have
+        keys = self.layout.stream_keys(events)
         for i, e in enumerate(events):
-            last = expected.get(e.aggregate_id, 0)
-            known = self._where.get((e.aggregate_id, e.version))
+            key = keys[i]
+            last = expected.get(key, 0)
+            known = self._where.get((key, e.version))
             if e.version == last + 1:
-                expected[e.aggregate_id] = e.version
+                expected[key] = e.version
             elif known is not None and known[0] == e.event_id:
                 existing[i] = known[1]
-            elif e.aggregate_id not in conflicts:
-                conflicts[e.aggregate_id] = VersionConflict(e.aggregate_id, e.version, last)
+            elif key not in conflicts:
+                conflicts[key] = VersionConflict(key, e.version, last)
         positions: list[Position | None] = [None] * len(events)
         by_partition: dict[int, list[int]] = {}
         for i, e in enumerate(events):
-            if i not in existing and e.aggregate_id not in conflicts:
+            if i not in existing and keys[i] not in conflicts:
                 by_partition.setdefault(partition_of(e.aggregate_id, self.partitions), []).append(i)
         for p, idx in by_partition.items():
             first = self.watermarks()[p]
@@ -57,8 +61,8 @@ class MemoryLog:
             for offset, i in enumerate(idx):
                 e = events[i]
                 positions[i] = Position(p, first + offset)
-                self._versions[e.aggregate_id] = e.version
-                self._where[(e.aggregate_id, e.version)] = (
+                self._versions[keys[i]] = e.version
+                self._where[(keys[i], e.version)] = (
                     e.event_id,
                     Position(p, first + offset),
                 )
@@ -93,17 +97,32 @@ class MemoryLog:
                 if kept.num_rows:
                     yield kept
 
-    def read_stream(self, aggregate_id: str, from_version: int = 1) -> pa.Table:
-        p = partition_of(aggregate_id, self.partitions)
+    def stream(self, aggregate_id: str, aggregate_type: str | None = None) -> str:
+        """A stream's key: as `LogReader.stream`."""
+        if aggregate_type is not None:
+            return stream_key(aggregate_type, aggregate_id)
+        if SEP in aggregate_id:
+            return aggregate_id
+        (only,) = self.layout.aggregate_types  # a bare id: the log's only type
+        return stream_key(only, aggregate_id)
+
+    def read_stream(
+        self, aggregate_id: str, from_version: int = 1, *, aggregate_type: str | None = None
+    ) -> pa.Table:
+        key = self.stream(aggregate_id, aggregate_type)
+        p = partition_of(aggregate_id_of(key), self.partitions)
         table = pa.Table.from_batches(self._batches[p], schema=self.layout.read_schema)
         keep = pc.and_(
-            pc.equal(table.column("aggregate_id"), aggregate_id),
+            pc.and_(
+                pc.equal(table.column("aggregate_id"), aggregate_id_of(key)),
+                pc.equal(table.column("aggregate_type").cast(pa.string()), aggregate_type_of(key)),
+            ),
             pc.greater_equal(table.column("version"), from_version),
         )
         return table.filter(keep)
 
     def read_streams(self, wanted: Mapping[str, int]) -> pa.Table:
-        tables = [self.read_stream(agg, v) for agg, v in wanted.items()]
+        tables = [self.read_stream(key, v) for key, v in wanted.items()]
         table = pa.concat_tables([self.layout.read_schema.empty_table(), *tables])
         # the contract: position order within each partition
         keys = [
@@ -117,8 +136,8 @@ class MemoryLog:
         order = sorted(range(len(keys)), key=keys.__getitem__)
         return table.take(pa.array(order, pa.int64()))
 
-    def last_version(self, aggregate_id: str) -> int:
-        return self._versions.get(aggregate_id, 0)
+    def last_version(self, aggregate_id: str, *, aggregate_type: str | None = None) -> int:
+        return self._versions.get(self.stream(aggregate_id, aggregate_type), 0)
 
     def decode(self, data: pa.Table | pa.RecordBatch) -> list[RecordedEvent]:
         table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data

@@ -26,6 +26,7 @@ from store._errors import (
     VersionConflict,
     translate_os_error,
 )
+from store._evolve import Conversion, conversion
 from store._index import ActiveIndex, SealedIndex, write_index
 from store._layout import Layout
 from store._metrics import FSYNC_SECONDS, ROTATIONS, TORN_BATCHES, count_appended
@@ -39,6 +40,7 @@ from store._segment import (
     read_notes,
     recover,
 )
+from store._streams import aggregate_id_of
 from store._versions import SealedVersions
 
 
@@ -72,7 +74,8 @@ class PartitionReader:
         self._active_index = ActiveIndex()
         self._rows_folded = 0
         self._stale = False
-        self._decoders: dict[int, tuple[Layout, Layout]] = {}
+        # Per segment layout (by id): how its batches are read (see `_reading`).
+        self._readings: dict[int, tuple[Layout, Conversion | None, Layout]] = {}
         self._lock = threading.Lock()  # refreshes take turns: each may add a segment
         self.refresh()
 
@@ -102,16 +105,16 @@ class PartitionReader:
         self._stale = True
 
     def fold_written(
-        self, segment: int, batch: int, first_row: int, ids: list[str], versions: list[int]
+        self, segment: int, batch: int, first_row: int, keys: list[str], versions: list[int]
     ) -> None:
         """The writer in this process appended `batch` of the active segment (the one
         starting at position `segment`): fold it into the active index now, with the
-        writer's own id strings, instead of decoding it back from the segment later.
+        writer's own stream keys, instead of decoding them back from the segment later.
         Skipped unless the index has folded exactly the batches before it."""
         seg = self.segments[-1] if self.segments else None
         if seg is None or seg.files.first_position != segment or self._rows_folded != batch:
             return
-        self._active_index.add(ids, versions, first_row)
+        self._active_index.add(keys, versions, first_row)
         self._rows_folded += 1
 
     def _catch_up(self) -> None:
@@ -127,19 +130,40 @@ class PartitionReader:
         last = self.segments[-1]
         return last.files.first_position + last.rows
 
-    def layout_of(self, seg: SegmentReader) -> Layout:
-        """The segment's own layout, decoding payloads with this reader's classes."""
-        assert seg.layout is not None
-        return self.layout_of_layout(seg.layout)
-
-    def layout_of_layout(self, layout: Layout) -> Layout:
-        """An on-disk layout with this reader's classes (cached: building one costs ms)."""
-        hit = self._decoders.get(id(layout))
+    def _reading(self, seg: SegmentReader) -> tuple[Layout, Conversion | None]:
+        """The layout the segment's batches are read as (this reader's classes', or the
+        segment's own without classes) and the conversion to it, if any. Cached per
+        segment layout: building a conversion costs milliseconds."""
+        layout = seg.layout
+        assert layout is not None
+        hit = self._readings.get(id(layout))
         if hit is not None:
-            return hit[0]
-        found = layout.with_classes(self.classes) if self.classes else layout
-        self._decoders[id(layout)] = (found, layout)  # keeps `layout` alive: ids are reused
+            return hit[0], hit[1]
+        if self.classes is None:
+            found: tuple[Layout, Conversion | None] = (layout, None)
+        else:
+            found = (self.classes, conversion(self.classes, layout, str(seg.files.data)))
+        self._readings[id(layout)] = (*found, layout)  # keeps `layout` alive: ids are reused
         return found
+
+    def check_readable(self) -> None:
+        """Raise SchemaError now if a segment holds events this reader's classes cannot read."""
+        if self.classes is not None:
+            for seg in self.segments:
+                if seg.layout is not None:
+                    self._reading(seg)
+
+    def read_layout(self, seg: SegmentReader) -> Layout:
+        """The layout `seg`'s batches are read as."""
+        return self._reading(seg)[0]
+
+    def to_read(self, seg: SegmentReader, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """An on-disk batch of `seg` as readers see it: in the reader's classes' layout
+        (converted from the segment's, if it differs), dictionary columns decoded."""
+        layout, convert = self._reading(seg)
+        if convert is not None:
+            batch = convert.convert(batch)
+        return layout.to_read(batch)
 
     # -- full reads -----------------------------------------------------------
 
@@ -163,13 +187,16 @@ class PartitionReader:
         for seg in list(self.segments):
             if seg.files.first_position + seg.rows <= from_position or not len(seg.entries):
                 continue
-            layout = self.layout_of(seg)
+            layout, convert = self._reading(seg)
             entries = seg.entries
             wanted_codes = None
             keep = np.ones(len(entries), dtype=bool)
-            if event_types is not None:
-                names = [et.name for et in layout.event_types]
-                wanted_codes = [names.index(t) for t in event_types if t in names]
+            if event_types is not None:  # by the segment's own codes: its zone maps' too
+                if convert is not None:
+                    wanted_codes = convert.disk_codes(event_types)
+                else:
+                    names = [et.name for et in layout.event_types]
+                    wanted_codes = [names.index(t) for t in event_types if t in names]
                 mask = 0
                 for code in wanted_codes:
                     mask |= 1 << (code % 64)
@@ -194,7 +221,7 @@ class PartitionReader:
                         )
                     )
                 if batch.num_rows:
-                    yield layout.to_read(batch)
+                    yield self.to_read(seg, batch)
 
     # -- the per-aggregate index ---------------------------------------------
 
@@ -203,32 +230,37 @@ class PartitionReader:
         return SealedVersions.build([self._sealed_index(seg) for seg in self.segments[:-1]])
 
     def active_versions(self) -> dict[str, int]:
-        """Every aggregate's last version in the active segment."""
+        """Every stream's last version in the active segment, by stream key."""
         self._catch_up()
         versions: dict[str, int] = {}
         if self.segments:
             seg = self.segments[-1]
             for i in range(len(seg.entries)):
                 batch = seg.batch(i)
-                ids = batch.column(1).to_pylist()
-                versions.update(zip(ids, batch.column(3).to_pylist(), strict=True))
+                keys = self._keys(seg, batch)
+                versions.update(zip(keys, batch.column(3).to_pylist(), strict=True))
         return versions
 
-    def _active_rows(self, aggregate_id: str) -> tuple[np.ndarray, int, int]:
+    @staticmethod
+    def _keys(seg: SegmentReader, batch: pa.RecordBatch) -> list[str]:
+        assert seg.layout is not None
+        return seg.layout.batch_keys(batch).to_pylist()  # type: ignore[no-any-return]
+
+    def _active_rows(self, stream: str) -> tuple[np.ndarray, int, int]:
         self._catch_up()
         seg = self.segments[-1]
         for i in range(self._rows_folded, len(seg.entries)):
             batch = seg.batch(i)
             self._active_index.add(
-                batch.column(1).to_pylist(), batch.column(3).to_pylist(), int(seg.starts[i])
+                self._keys(seg, batch), batch.column(3).to_pylist(), int(seg.starts[i])
             )
         self._rows_folded = len(seg.entries)
-        return self._active_index.lookup(aggregate_id)
+        return self._active_index.lookup(stream)
 
-    def _lookup(self, seg: SegmentReader, aggregate_id: str) -> tuple[np.ndarray, int, int]:
+    def _lookup(self, seg: SegmentReader, stream: str) -> tuple[np.ndarray, int, int]:
         if seg is self.segments[-1]:
-            return self._active_rows(aggregate_id)
-        return self._sealed_index(seg).lookup(aggregate_id)
+            return self._active_rows(stream)
+        return self._sealed_index(seg).lookup(stream)
 
     def _sealed_index(self, seg: SegmentReader) -> SealedIndex:
         first = seg.files.first_position
@@ -243,22 +275,24 @@ class PartitionReader:
 
     def _rebuild_index(self, seg: SegmentReader) -> SealedIndex:
         """A sealed segment without a readable index: derive it from the segment."""
-        write_index(seg.files.index, [seg.batch(i) for i in range(len(seg.entries))])
+        assert seg.layout is not None
+        write_index(seg.files.index, [seg.batch(i) for i in range(len(seg.entries))], seg.layout)
         seg.release()
         return SealedIndex(seg.files.index)
 
-    def last_version(self, aggregate_id: str) -> int:
+    def last_version(self, stream: str) -> int:
+        """The last version of the stream with this key (0: none)."""
         self._catch_up()
-        for seg in reversed(self.segments):  # a reader looks only this aggregate up
-            rows, last, _ = self._lookup(seg, aggregate_id)
+        for seg in reversed(self.segments):  # a reader looks only this stream up
+            rows, last, _ = self._lookup(seg, stream)
             if len(rows):
                 return last
         return 0
 
     def read_streams(self, wanted: dict[str, int]) -> list[pa.RecordBatch]:
-        """Aggregates' events (each from its own version), one gather per segment, newest
-        segment first until each aggregate's versions are covered. Rows come in position
-        order, so each aggregate's events are in version order."""
+        """Streams' events (stream key -> from version), one gather per segment, newest
+        segment first until each stream's versions are covered. Rows come in position
+        order, so each stream's events are in version order."""
         self._catch_up()
         remaining: dict[str, int | None] = dict.fromkeys(wanted)
         collected: list[tuple[SegmentReader, list[pa.RecordBatch]]] = []
@@ -292,8 +326,8 @@ class PartitionReader:
                 else:
                     remaining[agg] = left
             if scattered:
-                # One aggregate's rows need not have its id and type read at all.
-                only = scattered_from[0] if len(scattered_from) == 1 else None
+                # One stream's rows need not have its id and type read at all.
+                only = aggregate_id_of(scattered_from[0]) if len(scattered_from) == 1 else None
                 # (`take` drops the pages it mapped in: rows are copied out.)
                 batches.append(seg.take(np.sort(np.concatenate(scattered)), only))
             if len(batches) > 1:  # hot slices and gathered rows: back into position order
@@ -302,10 +336,10 @@ class PartitionReader:
             if batches:
                 collected.append((seg, batches))
         collected.reverse()
-        return [self.layout_of(seg).to_read(b) for seg, batches in collected for b in batches]
+        return [self.to_read(seg, b) for seg, batches in collected for b in batches]
 
-    def read_stream(self, aggregate_id: str, from_version: int = 1) -> list[pa.RecordBatch]:
-        return self.read_streams({aggregate_id: from_version})
+    def read_stream(self, stream: str, from_version: int = 1) -> list[pa.RecordBatch]:
+        return self.read_streams({stream: from_version})
 
 
 class PartitionWriter:
@@ -372,26 +406,26 @@ class PartitionWriter:
         """
         first = self.next_position
         batch = self.layout.encode(events, first)
-        ids = [e.aggregate_id for e in events]
+        keys = self.layout.stream_keys(events)
         versions = [e.version for e in events]
-        if self._follows(ids, versions, batch):  # the common case
-            self._write(batch, ids, versions, note)
-            # Later events of an aggregate overwrite earlier ones: the last version wins.
-            self.versions.update(zip(ids, versions, strict=True))
+        if self._follows(keys, versions):  # the common case
+            self._write(batch, keys, versions, note)
+            # Later events of a stream overwrite earlier ones: the last version wins.
+            self.versions.update(zip(keys, versions, strict=True))
             self._rotate_if_full()
             return range(first, first + len(events)), []
-        return self._append_checked(events, note)
+        return self._append_checked(events, keys, note)
 
     # Below this many events a plain loop checks versions faster than numpy's fixed
     # costs (~0.1 ms a batch, most of a small batch's append besides its fsync).
     _SMALL = 128
 
-    def _follows(self, ids: list[str], versions: list[int], batch: pa.RecordBatch) -> bool:
-        """Does every event follow its aggregate's last version, in batch order?"""
-        if len(ids) < self._SMALL:
+    def _follows(self, keys: list[str], versions: list[int]) -> bool:
+        """Does every event follow its stream's last version, in batch order?"""
+        if len(keys) < self._SMALL:
             get = self.versions.get
             seen: dict[str, int] = {}
-            for agg, version in zip(ids, versions, strict=True):
+            for agg, version in zip(keys, versions, strict=True):
                 before = seen.get(agg)
                 if before is None:
                     before = get(agg)
@@ -403,20 +437,20 @@ class PartitionWriter:
             return True
         # The log's last version for each event's aggregate: the active segment's dict
         # at C speed, then one binary search over the sealed ones for the rest.
-        last = np.fromiter(map(self.versions.get, ids, repeat(-1)), np.int64, len(ids))
+        last = np.fromiter(map(self.versions.get, keys, repeat(-1)), np.int64, len(keys))
         missing = np.flatnonzero(last < 0)
         if len(missing):
-            last[missing] = self.sealed_versions.get_many([ids[i] for i in missing.tolist()])
-        # Each event's rank among its aggregate's events in this batch (0, 1, ...).
-        codes = batch.column(1).dictionary_encode().indices.to_numpy()
+            last[missing] = self.sealed_versions.get_many([keys[i] for i in missing.tolist()])
+        # Each event's rank among its stream's events in this batch (0, 1, ...).
+        codes = pa.array(keys, pa.string()).dictionary_encode().indices.to_numpy()
         counts = np.bincount(codes)
         starts = np.cumsum(counts) - counts
         rank = np.empty(len(codes), np.int64)
         rank[np.argsort(codes, kind="stable")] = np.arange(len(codes)) - np.repeat(starts, counts)
-        return bool(np.array_equal(last + rank + 1, batch.column(3).to_numpy()))
+        return bool(np.array_equal(last + rank + 1, np.asarray(versions, np.int64)))
 
     def _append_checked(
-        self, events: Sequence[NewEvent], note: bytes
+        self, events: Sequence[NewEvent], keys: list[str], note: bytes
     ) -> tuple[Sequence[int | None], list[VersionConflict]]:
         """Event by event: idempotent re-appends, conflicts, and the rest written."""
         versions = self.versions
@@ -424,7 +458,7 @@ class PartitionWriter:
         conflicts: dict[str, VersionConflict] = {}
         existing: dict[int, int] = {}
         for i, e in enumerate(events):
-            agg = e.aggregate_id
+            agg = keys[i]
             last = seen.get(agg)
             if last is None:
                 last = self.last_version(agg)
@@ -437,11 +471,7 @@ class PartitionWriter:
             elif agg not in conflicts:
                 conflicts[agg] = VersionConflict(agg, e.version, last)
         if existing or conflicts:
-            keep = [
-                i
-                for i, e in enumerate(events)
-                if i not in existing and e.aggregate_id not in conflicts
-            ]
+            keep = [i for i in range(len(events)) if i not in existing and keys[i] not in conflicts]
             accepted = [events[i] for i in keep]
             for agg in conflicts:
                 seen.pop(agg, None)
@@ -465,7 +495,7 @@ class PartitionWriter:
     def _write(
         self,
         batch: pa.RecordBatch,
-        ids: list[str] | None = None,
+        keys: list[str] | None = None,
         versions: list[int] | None = None,
         note: bytes = b"",
     ) -> None:
@@ -478,20 +508,20 @@ class PartitionWriter:
         self._dirty = True
         self.next_position += batch.num_rows
         self.reader.wrote()
-        if ids is not None and versions is not None:
-            self.reader.fold_written(seg.files.first_position, index, row, ids, versions)
+        if keys is not None and versions is not None:
+            self.reader.fold_written(seg.files.first_position, index, row, keys, versions)
 
     def _rotate_if_full(self) -> None:
         if self.active.size >= self.config.segment_bytes:
             self._rotate()
 
-    def last_version(self, aggregate_id: str) -> int:
-        found = self.versions.get(aggregate_id)
-        return found if found is not None else self.sealed_versions.get(aggregate_id)
+    def last_version(self, stream: str) -> int:
+        found = self.versions.get(stream)
+        return found if found is not None else self.sealed_versions.get(stream)
 
-    def _existing(self, aggregate_id: str, version: int, event_id: bytes) -> int | None:
+    def _existing(self, stream: str, version: int, event_id: bytes) -> int | None:
         """The position of this very event if it is already in the log."""
-        found = self.reader.read_stream(aggregate_id, version)
+        found = self.reader.read_stream(stream, version)
         if not found or found[0].column(3)[0].as_py() != version:
             return None
         if found[0].column(5)[0].as_py() != event_id:
@@ -539,7 +569,7 @@ class PartitionWriter:
         try:
             reader_seg.refresh()
             batches = [reader_seg.batch(i) for i in range(len(reader_seg.entries))]
-            write_index(seg.files.index, batches)
+            write_index(seg.files.index, batches, seg.layout)
             reader_seg.release()  # indexing read every page of it; none is needed now
             _fsync_dir(self.directory, f"sealing {seg.files.data}")
             active = SegmentWriter.create(files, self.layout)

@@ -43,13 +43,13 @@ class SealedVersions:
         index.release()  # every key was read; the copies above are what is kept
         return merged
 
-    def get_many(self, aggregate_ids: list[str]) -> np.ndarray:
+    def get_many(self, streams: list[str]) -> np.ndarray:
         """Last versions of these aggregates (0 for one not in any sealed segment)."""
-        out = np.zeros(len(aggregate_ids), dtype=np.int64)
-        if not len(self.keys) or not aggregate_ids:
+        out = np.zeros(len(streams), dtype=np.int64)
+        if not len(self.keys) or not streams:
             return out
         width = self.keys.dtype.itemsize
-        encoded = [a.encode() for a in aggregate_ids]
+        encoded = [a.encode() for a in streams]
         fits = np.array([len(k) <= width for k in encoded], dtype=bool)
         keys = np.array([k if f else b"" for k, f in zip(encoded, fits, strict=True)], f"S{width}")
         slots = np.searchsorted(self.keys, keys)
@@ -59,5 +59,5 @@ class SealedVersions:
         out[hit] = self.last[slots[hit]]
         return out
 
-    def get(self, aggregate_id: str) -> int:
-        return int(self.get_many([aggregate_id])[0])
+    def get(self, stream: str) -> int:
+        return int(self.get_many([stream])[0])

@@ -51,6 +51,7 @@ def test_store_exports() -> None:
         "SnapshotStore",
         "StorageFullError",
         "StoreError",
+        "Upcaster",
         "VersionConflict",
         "check_writable",
         "concat",
@@ -60,6 +61,8 @@ def test_store_exports() -> None:
         "log_table",
         "partition_of",
         "segment_stats",
+        "split_stream",
+        "stream_key",
         "to_polars",
         "translate_os_error",
         "verify_log",
@@ -114,6 +117,8 @@ def test_flows_exports() -> None:
         "FLOW_LOG",
         "MAX_RECORD_BYTES",
         "Aggregate",
+        "App",
+        "AppError",
         "Backpressure",
         "Command",
         "DeadLetter",
@@ -127,7 +132,9 @@ def test_flows_exports() -> None:
         "Result",
         "Shard",
         "ShardConfig",
+        "Upcaster",
         "command_flow",
+        "load_app",
     }
     for name in flows.__all__:
         assert getattr(flows, name) is not None

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 from log_events import bank_layout, bank_payload, new_event
 
-from store import ArrowLog, LogConfig
+from store import ArrowLog, LogConfig, stream_key
 from store.disk import SealedIndex, SegmentFiles, SegmentReader, write_index
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/smaps")
@@ -35,8 +35,17 @@ def resident_kb(path: Path) -> int:
     return total
 
 
+LAYOUT = bank_layout()  # its aggregate type 0 is the batches' type: "Account"
+
+
+def key(agg: str) -> str:
+    """The stream key of an Account `agg`: the index is keyed by streams."""
+    return stream_key("Account", agg)
+
+
 def batches_of(ids: list[str], per_batch: int = 1000) -> list[pa.RecordBatch]:
-    """Batches laid out as the index builder reads them: ids in column 1, versions in 3."""
+    """Batches laid out as the index builder reads them: ids in column 1, aggregate
+    types in 2, versions in 3."""
     seen: dict[str, int] = {}
     versions = []
     for agg in ids:
@@ -71,18 +80,18 @@ def big_index(tmp_path: Path) -> tuple[SealedIndex, list[str]]:
     rng = np.random.default_rng(7)
     ids = [f"acct-{n:07d}" for n in rng.integers(0, 80_000, 200_000).tolist()]
     path = tmp_path / "00000000000000000000.idx"
-    write_index(path, batches_of(ids))
+    write_index(path, batches_of(ids), LAYOUT)
     return SealedIndex(path), ids
 
 
 @linux_only
 def test_lookups_leave_no_index_pages_resident(big_index: tuple[SealedIndex, list[str]]) -> None:
     index, ids = big_index
-    wanted = [*sorted(set(ids))[::97], "acct-9999999", "not-there"]
+    wanted = [*map(key, sorted(set(ids))[::97]), key("acct-9999999"), key("not-there")]
     found = index.lookup_many(wanted)
     assert len(found) == len(wanted) - 2
     assert resident_kb(index.path) == 0
-    rows, last, hot_start = index.lookup(ids[0])
+    rows, last, hot_start = index.lookup(key(ids[0]))
     assert len(rows) and last == len(rows) and hot_start == -1
     assert resident_kb(index.path) == 0
 
@@ -90,41 +99,42 @@ def test_lookups_leave_no_index_pages_resident(big_index: tuple[SealedIndex, lis
 def test_lookup_many_agrees_with_lookup(big_index: tuple[SealedIndex, list[str]]) -> None:
     index, ids = big_index
     rows_of = expected_rows(ids)
-    wanted = [*list(rows_of)[:3000], "acct-9999999", "x" * 40, ""]
+    wanted = [*map(key, list(rows_of)[:3000]), key("acct-9999999"), key("x" * 40), ""]
     found = index.lookup_many(wanted)
-    assert [agg for agg, *_ in found] == list(rows_of)[:3000]
-    for agg, rows, last, hot_start in found:
+    assert [stream for stream, *_ in found] == [key(a) for a in list(rows_of)[:3000]]
+    for stream, rows, last, hot_start in found:
+        agg = stream.partition("\x00")[0]
         assert rows.dtype == np.int64
         assert rows.tolist() == rows_of[agg]
         assert (last, hot_start) == (len(rows_of[agg]), -1)
-        single = index.lookup(agg)
+        single = index.lookup(stream)
         assert single[0].tolist() == rows.tolist() and single[1:] == (last, hot_start)
-    assert index.lookup_many(["acct-9999999", "x" * 40]) == []
+    assert index.lookup_many([key("acct-9999999"), key("x" * 40)]) == []
     assert index.lookup_many([]) == []
 
 
 def test_index_of_ids_of_different_lengths_and_scripts(tmp_path: Path) -> None:
     # Ids of 0 to 14 bytes, some not ASCII, read from a sliced column: each keeps its
-    # own rows, and the keys are the ids' UTF-8 bytes in byte order.
+    # own rows, and the keys are the stream keys' UTF-8 bytes in byte order.
     base = ["", "a", "b", "ab", "zz", "ü", "üb", "€uro", "a-much-longer"]
     ids = [base[(n * 7) % len(base)] + ("" if n % 3 else "✓") for n in range(400)]
     batches = batches_of(["pad", *ids], per_batch=64)
     batches[0] = batches[0].slice(1)  # an offset into the id column's buffers
     path = tmp_path / "x.idx"
-    write_index(path, batches)
+    write_index(path, batches, LAYOUT)
     index = SealedIndex(path)
-    assert index.keys.tolist() == sorted({a.encode() for a in ids})
+    assert index.keys.tolist() == sorted({key(a).encode() for a in ids})
     for agg, rows in expected_rows(ids).items():
-        found, last, _ = index.lookup(agg)
+        found, last, _ = index.lookup(key(agg))
         assert found.tolist() == rows and last == len(rows)
 
 
 def test_an_empty_segment_has_an_empty_index(tmp_path: Path) -> None:
     path = tmp_path / "x.idx"
-    write_index(path, [])
+    write_index(path, [], LAYOUT)
     index = SealedIndex(path)
     assert len(index) == 0
-    assert index.lookup_many(["a", "b"]) == []
+    assert index.lookup_many([key("a"), key("b")]) == []
 
 
 @linux_only

@@ -247,7 +247,7 @@ def test_a_msgpack_key_that_is_not_a_string_is_invalid() -> None:
 def test_an_integer_of_thousands_of_digits_is_invalid() -> None:
     raw = b'{"command_id":"c","type":"Deposit","aggregate_id":"a","data":{"amount":%s}}'
     assert PARSER.parse(raw % (b"9" * 5000)) == Invalid(
-        "data.amount: Integer value out of range", "c", "a"
+        "data.amount: Integer value out of range", "c", "a", "Account"
     )
 
 

@@ -28,11 +28,13 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from connectors import RawBatch
+from flows._app import App, as_app
 from flows._domain import Aggregate
 from flows._flow._backpressure import Backpressure
 from flows._flow._config import FlowConfig
 from flows._flow._metrics import BATCH_SIZE, LATENCY, count_commands, observe_many
 from flows._flow._shard import Shard
+from flows._load import check_log_readable
 from flows._parse import Command, Invalid, Parser
 from flows._results import DeadLetter, Result, dead_letter
 from store import ArrowLog, DataDir, Fsync, Journal, SnapshotStore, partition_of
@@ -62,9 +64,17 @@ def _parse(parser: Parser, partitions: int) -> Callable[[RawBatch], Parsed]:
             found = parser.parse(raw, batch.format)
             if isinstance(found, Invalid):
                 invalid.append(
-                    Result(found.command_id, "invalid", found.aggregate_id, reason=found.reason)
+                    Result(
+                        found.command_id,
+                        "invalid",
+                        found.aggregate_id,
+                        reason=found.reason,
+                        aggregate_type=found.aggregate_type,
+                    )
                 )
-                dead.append(dead_letter(batch.source, offset, found.reason, raw))
+                dead.append(
+                    dead_letter(batch.source, offset, found.reason, raw, found.aggregate_type)
+                )
             else:
                 shard = partition_of(found.aggregate_id, partitions)
                 by_shard.setdefault(shard, []).append(found)
@@ -90,8 +100,8 @@ class _ShardLogic(StatefulBatchLogic[ShardBatch, list[Result], int]):
     sources' offsets: on resume the shard answers commands found past it from the log.
     """
 
-    def __init__(self, aggregate: Aggregate[Any], config: FlowConfig, resume: int | None):
-        self._aggregate = aggregate
+    def __init__(self, app: App, config: FlowConfig, resume: int | None):
+        self._app = app
         self._config = config
         self._resume = resume
         self._shard: Shard | None = None
@@ -100,11 +110,11 @@ class _ShardLogic(StatefulBatchLogic[ShardBatch, list[Result], int]):
     def _open(self, partition: int) -> Shard:
         config = self._config
         data = DataDir(config.data_dir)
-        log = ArrowLog.open(data.root, self._aggregate.layout(), config.log, only=partition)
+        log = ArrowLog.open(data.root, self._app.layout(), config.log, only=partition)
         snapshots = SnapshotStore(data.snapshots)
         decisions = Journal(data.decisions(partition), sync=config.log.fsync is Fsync.ALWAYS)
         shard = Shard(
-            self._aggregate, log, partition, snapshots, config.shard, _clock, decisions=decisions
+            self._app, log, partition, snapshots, config.shard, _clock, decisions=decisions
         )
         if self._resume is not None:
             shard.replay_from(self._resume)
@@ -124,6 +134,15 @@ class _ShardLogic(StatefulBatchLogic[ShardBatch, list[Result], int]):
         count_commands(map(type, map(_PAYLOAD, commands)), map(_STATUS, results))
         return [results], StatefulBatchLogic.RETAIN
 
+    def on_eof(self) -> tuple[list[list[Result]], bool]:
+        """The input ended: close the shard, so that its partition is free for the next
+        flow of this process (a notebook or a test runs several)."""
+        if self._shard is not None:
+            self._resume = self._shard.watermark
+            self._shard.close()
+            self._shard = None
+        return [], StatefulBatchLogic.RETAIN
+
     def snapshot(self) -> int:
         if self._shard is None:
             return self._resume or 0
@@ -131,14 +150,20 @@ class _ShardLogic(StatefulBatchLogic[ShardBatch, list[Result], int]):
 
 
 def command_flow(
-    aggregate: Aggregate[Any],
+    app: App | Aggregate[Any],
     source: Source[RawBatch],
     results: Sink[list[Result]],
     dead_letters: Sink[list[DeadLetter]],
     config: FlowConfig,
 ) -> Dataflow:
-    """The command dataflow: sources and sinks are parameters, so tests pass their own."""
-    parser = Parser(aggregate)
+    """The command dataflow of an application (or of one aggregate type): sources and
+    sinks are parameters, so tests pass their own.
+
+    Raises AppError now, before any worker starts, if the log in the data directory
+    holds events the application's classes cannot read."""
+    app = as_app(app)
+    check_log_readable(config.data_dir, app)
+    parser = Parser(app)
     flow = Dataflow("cqrsflow")
     raw = op.input("commands", flow, source)
     parsed = op.map("parse", raw, _parse(parser, config.partitions))
@@ -149,9 +174,7 @@ def command_flow(
         parsed,
         lambda p: [(str(s), ShardBatch(s, cmds, p.received)) for s, cmds in p.by_shard.items()],
     )
-    decided = op.stateful_batch(
-        "decide", keyed, lambda resume: _ShardLogic(aggregate, config, resume)
-    )
+    decided = op.stateful_batch("decide", keyed, lambda resume: _ShardLogic(app, config, resume))
     accepted = op.map("results_of_shards", decided, lambda item: item[1])
     op.output("results", op.merge("all_results", accepted, invalid), results)
     op.output("dead_letters", dead, dead_letters)

@@ -18,9 +18,11 @@ from typing import Any
 import msgspec
 
 from connectors import Format, JsonLinesSink, JsonLinesSource, MsgpackSource, StdinSource
+from flows._app import App, as_app
 from flows._domain import Aggregate
 from flows._flow._config import FLOW_LOG, FlowConfig
 from flows._flow._dataflow import command_flow, init_recovery, run_flow, tune_gc
+from flows._load import claim
 from flows._results import Result
 from store import DataDir, Fsync, log_partitions
 
@@ -48,11 +50,11 @@ def _source(options: RunOptions) -> Any:
     return MsgpackSource(path) if fmt == "msgpack" else JsonLinesSource(path)
 
 
-def run_process(aggregate: Aggregate[Any], options: RunOptions) -> None:
+def run_process(app: App | Aggregate[Any], options: RunOptions) -> None:
     """Run this process's part of the flow (all of it, with one process)."""
     tune_gc()
     run_flow(
-        _flow(aggregate, options),
+        _flow(app, options),
         recovery_dir(options.flow.data_dir, options.commands),
         workers=options.workers,
         process_id=options.process_id,
@@ -60,10 +62,10 @@ def run_process(aggregate: Aggregate[Any], options: RunOptions) -> None:
     )
 
 
-def _flow(aggregate: Aggregate[Any], options: RunOptions) -> Any:
+def _flow(app: App | Aggregate[Any], options: RunOptions) -> Any:
     data = DataDir(options.flow.data_dir)
     return command_flow(
-        aggregate,
+        app,
         _source(options),
         JsonLinesSink(data.results, "results"),
         JsonLinesSink(data.dead_letter, "dead-letter"),
@@ -157,8 +159,9 @@ def prepare(data_dir: Path, commands: str) -> dict[Path, int]:
     return results_written(data_dir)
 
 
-def flow_from_environment(aggregate: Aggregate[Any]) -> Any:
-    """The flow `cqrsflow run` would build, configured by CQRSFLOW_* variables."""
+def flow_from_environment(app: App | Aggregate[Any], spec: str) -> Any:
+    """The flow `cqrsflow run SPEC` would build for `app` (which `spec` names, as the
+    data directory records it), configured by CQRSFLOW_* variables."""
     try:
         commands = os.environ["CQRSFLOW_COMMANDS"]
         data_dir = Path(os.environ["CQRSFLOW_DATA"])
@@ -175,5 +178,6 @@ def flow_from_environment(aggregate: Aggregate[Any]) -> Any:
         FLOW_LOG, partitions=partitions, fsync=Fsync(os.environ.get("CQRSFLOW_FSYNC", "always"))
     )
     options = RunOptions(commands, fmt, FlowConfig(data_dir, log=log))  # type: ignore[arg-type]
+    claim(data_dir, as_app(app), spec)
     prepare(data_dir, commands)
-    return _flow(aggregate, options)
+    return _flow(app, options)

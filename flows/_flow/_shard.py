@@ -1,7 +1,9 @@
 """The decide step of one shard: its aggregates' states, its log partition, its results.
 
-A shard owns one partition of the log (routing by `partition_of(aggregate_id)`), and
-handles commands a batch at a time:
+A shard owns one partition of the log (routing by `partition_of(aggregate_id)`) and
+decides the commands of every aggregate type of the application whose streams are in
+it. A stream is an aggregate type and an id (its key, `store.stream_key`): the cache,
+the versions and the snapshots are per stream. It handles commands a batch at a time:
 
 1. aggregates not in the cache are rehydrated, all of the batch's at once: their
    latest snapshots, then the events after them, read through the log's index in one
@@ -38,7 +40,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import pyarrow as pa
 
+from flows._app import App, as_app
 from flows._domain import Aggregate, Rejected
 from flows._flow._metrics import REHYDRATIONS
 from flows._parse import Command
@@ -53,7 +57,8 @@ from store import (
     RecordedEvent,
     SnapshotPolicy,
     SnapshotStore,
-    fingerprint,
+    split_stream,
+    stream_key,
 )
 
 
@@ -68,6 +73,16 @@ class ShardConfig:
     warm_seconds: float = 5.0  # for at most this long
     snapshot_every: int = 100  # events between snapshots of an aggregate
     remembered: int = 50_000  # at least this many accepted commands are remembered
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """One aggregate type as the shard decides it."""
+
+    aggregate: Aggregate[Any]
+    suffix: str  # stream key = aggregate id + suffix
+    state_type: type
+    fingerprint: str  # of its snapshots
 
 
 class _Entry:
@@ -95,7 +110,7 @@ class Shard:
 
     def __init__(
         self,
-        aggregate: Aggregate[Any],
+        app: App | Aggregate[Any],
         log: ArrowLog,
         partition: int,
         snapshots: SnapshotStore,
@@ -104,15 +119,19 @@ class Shard:
         *,
         decisions: Journal,
     ):
-        self.aggregate = aggregate
+        self.app = app = as_app(app)
         self.log = log
         self.partition = partition
         self.snapshots = snapshots
         self.config = config
         self.policy = SnapshotPolicy(config.snapshot_every)
         self._clock = clock  # () -> int, UTC microseconds
-        self._state_type = type(aggregate.initial)
-        self._fingerprint = fingerprint(self._state_type)
+        self._kinds = {
+            a.name: _Kind(a, stream_key(a.name, ""), type(a.initial), app.state_fingerprint(a))
+            for a in app.aggregates
+        }
+        # Each command class's aggregate type: one dict lookup per command.
+        self._kind_of = {c: self._kinds[a.name] for a in app.aggregates for c in a.commands}
         self._cache: Cache[str, _Entry] = make_cache(
             config.cache_policy,
             config.cache_size,
@@ -168,7 +187,10 @@ class Shard:
         # another aggregate of the same batch from the cache.
         entries: dict[str, _Entry] = {}
         cold = []
-        wanted = {c.aggregate_id for c in commands}
+        kind_of = self._kind_of
+        kinds = [kind_of[c.payload.__class__] for c in commands]
+        keys = [c.aggregate_id + k.suffix for c, k in zip(commands, kinds, strict=True)]
+        wanted = set(keys)
         get = cache.get
         for agg in wanted:
             entry = get(agg)
@@ -181,8 +203,9 @@ class Shard:
         results: list[Result | None] = [None] * len(commands)
         pending: dict[str, tuple[Any, int]] = {}
         staged: list[NewEvent] = []
-        # per accepted command: its index, its id, its aggregate, its last event, their types
-        staged_by: list[tuple[int, str, str, int, list[str]]] = []
+        # per accepted command: its index, its id, its stream, its last event, their
+        # types, its aggregate type
+        staged_by: list[tuple[int, str, str, int, list[str], str]] = []
         # Which commands were answered before, and which come twice in this batch: found
         # with set operations for the whole batch, so a fresh command costs no lookups.
         ids = [c.command_id for c in commands]
@@ -192,9 +215,10 @@ class Shard:
             known |= unique & self.replayed.keys()
         in_batch: dict[str, int] | None = {} if len(unique) < len(ids) else None
         now = self._clock()
-        decide, evolve = self.aggregate.decide, self.aggregate.evolve
         for i, command in enumerate(commands):
             command_id, agg, payload, expected, correlation = command
+            key = keys[i]
+            aggregate = kinds[i].aggregate
             if known and command_id in known:
                 results[i] = self._answered(command_id)
                 continue
@@ -202,31 +226,37 @@ class Shard:
                 if command_id in in_batch:
                     continue  # answered below with the first one's result
                 in_batch[command_id] = i
-            tentative = pending.get(agg)
+            tentative = pending.get(key)
             if tentative is None:
-                entry = entries[agg]
+                entry = entries[key]
                 state, version = entry.state, entry.version
             else:
                 state, version = tentative
             if expected is not None and expected != version:
                 results[i] = _rejected(
-                    command, f"expected version {expected}, but {agg} is at version {version}"
+                    command,
+                    f"expected version {expected}, but {agg} is at version {version}",
+                    aggregate.name,
                 )
                 continue
             try:
-                decision = decide(payload, state)
+                decision = aggregate.decide(payload, state)
                 if isinstance(decision, Rejected):
-                    results[i] = _rejected(command, decision.reason)
+                    results[i] = _rejected(command, decision.reason, aggregate.name)
                     continue
                 if type(decision) is not list:  # a tuple, a generator: iterated twice below
                     decision = list(decision)
+                evolve = aggregate.evolve
                 for event in decision:
                     state = evolve(state, event)
             except Exception as err:  # a faulty decider rejects this command only
-                results[i] = _rejected(command, f"the decider raised {type(err).__name__}: {err}")
+                reason = f"the decider raised {type(err).__name__}: {err}"
+                results[i] = _rejected(command, reason, aggregate.name)
                 continue
             if not decision:
-                results[i] = Result(command_id, "accepted", agg, version, None, [])
+                results[i] = Result(
+                    command_id, "accepted", agg, version, None, [], None, aggregate.name
+                )
                 continue
             k = 0
             types = []
@@ -244,8 +274,8 @@ class Shard:
                     )
                 )
                 types.append(event.__class__.__name__)
-            pending[agg] = (state, version + k)
-            staged_by.append((i, command_id, agg, len(staged) - 1, types))
+            pending[key] = (state, version + k)
+            staged_by.append((i, command_id, key, len(staged) - 1, types, aggregate.name))
         decided = [
             r for r in results if r is not None and r.position is None and r.command_id not in known
         ]
@@ -267,7 +297,7 @@ class Shard:
         self,
         commands: Sequence[Command],
         staged: list[NewEvent],
-        staged_by: list[tuple[int, str, str, int, list[str]]],
+        staged_by: list[tuple[int, str, str, int, list[str], str]],
         pending: dict[str, tuple[Any, int]],
         entries: dict[str, _Entry],
         results: list[Result | None],
@@ -281,10 +311,10 @@ class Shard:
         except ConcurrencyError as err:
             # Only another writer could cause this, and the partition's lock forbids
             # one; if it happens anyway, forget what this shard believed and say so.
-            for agg in {c.aggregate_id for c in err.conflicts}:
-                self._cache.pop(agg)
+            for key in {c.stream for c in err.conflicts}:
+                self._cache.pop(key)
             positions = err.appended  # type: ignore[assignment]
-            conflicted = {c.aggregate_id: str(c) for c in err.conflicts}
+            conflicted = {c.stream: str(c) for c in err.conflicts}
         else:
             conflicted = {}
         if decided:
@@ -296,65 +326,73 @@ class Shard:
         texts = positions.texts()
         offsets = positions.offsets()
         recent = self._recent
-        for i, command_id, agg, last, types in staged_by:
-            if conflicted and agg in conflicted:
-                results[i] = _rejected(commands[i], conflicted[agg])
+        for i, command_id, key, last, types, aggregate_type in staged_by:
+            if conflicted and key in conflicted:
+                results[i] = _rejected(commands[i], conflicted[key], aggregate_type)
                 continue
             results[i] = Result(
-                command_id, "accepted", agg, staged[last].version, texts[last], types
+                command_id,
+                "accepted",
+                staged[last].aggregate_id,
+                staged[last].version,
+                texts[last],
+                types,
+                None,
+                aggregate_type,
             )
             count = len(types)
             recent[command_id] = _in_log(offsets[last] - count + 1, count)  # type: ignore[operator]
         self._roll()
         every = self.policy.every
-        for agg, (state, version) in pending.items():
-            if conflicted and agg in conflicted:
+        for key, (state, version) in pending.items():
+            if conflicted and key in conflicted:
                 continue
-            entry = entries[agg]
+            entry = entries[key]
             if version // every > entry.version // every:  # SnapshotPolicy.due, inlined
                 builtins = msgspec.to_builtins(state)
-                self.snapshots.save(agg, version, builtins, self._fingerprint)
+                kind = self._kinds[split_stream(key)[0]]
+                self.snapshots.save(key, version, builtins, kind.fingerprint)
             entry.state, entry.version = state, version
 
     # -- the cache ------------------------------------------------------------
 
-    def _rehydrate(self, aggregates: list[str]) -> dict[str, _Entry]:
-        """Bring cold aggregates into the cache: snapshot, then the events after it."""
-        initial = self.aggregate.initial
+    def _rehydrate(self, streams: list[str]) -> dict[str, _Entry]:
+        """Bring cold streams (by key) into the cache: snapshot, then the events after it."""
         wanted: dict[str, int] = {}
         entries: dict[str, _Entry] = {}
-        for agg in aggregates:
-            last = self.log.last_version(agg)
-            entry = entries[agg] = _Entry(initial, 0)
+        for key in streams:
+            kind = self._kinds[split_stream(key)[0]]
+            last = self.log.last_version(key)
+            entry = entries[key] = _Entry(kind.aggregate.initial, 0)
             if last == 0:
-                continue  # a new aggregate: nothing to read
+                continue  # a new stream: nothing to read
             # A snapshot exists only once a multiple of the interval was crossed.
             snapshot = (
-                self.snapshots.load(agg, self._fingerprint)
+                self.snapshots.load(key, kind.fingerprint)
                 if last >= self.config.snapshot_every
                 else None
             )
             if snapshot is not None:
-                entry.state = msgspec.convert(snapshot.state, self._state_type)
+                entry.state = msgspec.convert(snapshot.state, kind.state_type)
                 entry.version = snapshot.version
             if entry.version < last:
-                wanted[agg] = entry.version + 1
+                wanted[key] = entry.version + 1
         if wanted:
             self.rehydrations += len(wanted)
             REHYDRATIONS.inc(len(wanted))
             found: dict[str, tuple[int, int]] = {}  # command id -> its last position, count
-            evolve = self.aggregate.evolve
+            kinds = self._kinds
             for e in self.log.decode(self.log.read_streams(wanted)):
-                entry = entries[e.aggregate_id]
-                entry.state = evolve(entry.state, e.payload)
+                entry = entries[e.aggregate_id + kinds[e.aggregate_type].suffix]
+                entry.state = kinds[e.aggregate_type].aggregate.evolve(entry.state, e.payload)
                 entry.version = e.version
                 seen = found.get(e.command_id)
                 found[e.command_id] = (e.position, 1 if seen is None else seen[1] + 1)
             for command_id, (last, count) in found.items():
                 self._remember(command_id, last - count + 1, count)
         put = self._cache.put
-        for agg, entry in entries.items():
-            put(agg, entry)
+        for key, entry in entries.items():
+            put(key, entry)
         return entries
 
     def warm(self) -> int:
@@ -369,7 +407,9 @@ class Shard:
         start = max(0, self.watermark - 10 * wanted)
         counts: Counter[str] = Counter()
         for batch in self.log.partition(self.partition).batches(start):
-            counts.update(batch.column(1).to_pylist())
+            ids = batch.column(1).to_pylist()
+            types = batch.column(2).cast(pa.string()).to_pylist()
+            counts.update(map(stream_key, types, ids))
         busiest = [agg for agg, _ in counts.most_common(wanted) if agg not in self._cache]
         loaded = 0
         for i in range(0, len(busiest), 1000):
@@ -460,18 +500,25 @@ def _in_log(first: int, count: int) -> int:
     return (first << 16) + min(count, 0xFFFF)
 
 
-def _record(r: Result) -> tuple[str | None, str, str | None, int | None, str | None]:
+def _record(r: Result) -> tuple[str | None, str, str | None, int | None, str | None, str | None]:
     """An answer with no events, as the journal and the batches' notes keep it."""
-    return (r.command_id, r.status, r.aggregate_id, r.version, r.reason)
+    return (r.command_id, r.status, r.aggregate_id, r.version, r.reason, r.aggregate_type)
 
 
 def _from_record(record: list[Any]) -> Result:
-    command_id, status, agg, version, reason = record
-    return Result(command_id, status, agg, version, None, [], reason)
+    # Records written before streams had a type have five fields.
+    command_id, status, agg, version, reason, *kind = record
+    return Result(command_id, status, agg, version, None, [], reason, kind[0] if kind else None)
 
 
-def _rejected(command: Command, reason: str) -> Result:
-    return Result(command.command_id, "rejected", command.aggregate_id, reason=reason)
+def _rejected(command: Command, reason: str, aggregate_type: str) -> Result:
+    return Result(
+        command.command_id,
+        "rejected",
+        command.aggregate_id,
+        reason=reason,
+        aggregate_type=aggregate_type,
+    )
 
 
 def _fold_result(results: dict[str, Result], e: RecordedEvent) -> None:
@@ -479,5 +526,12 @@ def _fold_result(results: dict[str, Result], e: RecordedEvent) -> None:
     found = results.get(e.command_id)
     types = [*found.events, e.event_type] if found is not None else [e.event_type]
     results[e.command_id] = Result(
-        e.command_id, "accepted", e.aggregate_id, e.version, f"{e.partition}:{e.position}", types
+        e.command_id,
+        "accepted",
+        e.aggregate_id,
+        e.version,
+        f"{e.partition}:{e.position}",
+        types,
+        None,
+        e.aggregate_type,
     )

@@ -173,7 +173,7 @@ class Projections:
     ) -> Projections:
         """Open DIR/projections.duckdb for maintenance (the one writer)."""
         reader = reader or LogReader.open(data_dir, layout)
-        layout = layout or next(reversed(log_layouts(reader)), None)
+        layout = layout or reader.layout or next(reversed(log_layouts(reader)), None)
         if layout is None:
             raise ViewDefinitionError(
                 f"{data_dir}: the log has no events yet, so its event tables are unknown; "
@@ -218,8 +218,14 @@ class Projections:
                 # own definition, until the new one has caught up. A Python projection's
                 # old code is gone, so its old version is frozen meanwhile.
                 old = _stored(declared, text)
-                target = self._target(old, self._parse(old), version, live)
-                target.frozen = isinstance(declared, PythonProjection)
+                old_definition = self._parse(old)
+                target = self._target(old, old_definition, version, live)
+                # Nor can an old definition that reads a column the application's
+                # events no longer have (a field removed or upcast away): it serves its
+                # rows, frozen, until the new version has caught up and replaces it.
+                target.frozen = isinstance(declared, PythonProjection) or (
+                    old_definition is not None and not self._binds(old_definition)
+                )
                 targets.append(target)
             else:
                 self._drop(self._target(declared, None, version, live))
@@ -293,6 +299,18 @@ class Projections:
             raise
         return target
 
+    def _binds(self, definition: ViewDef) -> bool:
+        """Whether `definition`'s batch SELECT binds to today's event columns."""
+        self.con.register(_BATCH, self._read_schema.empty_table())
+        try:
+            self.con.execute(
+                f"DESCRIBE {delta_select(definition, self._tables[definition.source])}"
+            ).fetchall()
+        except duckdb.BinderException:
+            return False
+        self.con.unregister(_BATCH)
+        return True
+
     def _create_tables(self, target: _Target) -> None:
         declared = target.declared
         if isinstance(declared, PythonProjection):
@@ -308,11 +326,12 @@ class Projections:
                 f"DESCRIBE {delta_select(definition, self._tables[definition.source])}"
             ).fetchall()
         except duckdb.Error as err:
+            # Left registered: inside the failed transaction, unregistering would raise
+            # "transaction is aborted" in place of this error.
             raise ViewDefinitionError(
                 f"view {declared.name!r}: {str(err).splitlines()[0]}"
             ) from None
-        finally:
-            self.con.unregister(_BATCH)
+        self.con.unregister(_BATCH)
         ddl = [f"{quote(column)} {type_}" for column, type_, *_ in described]
         keys = [k.name for k in definition.keys] or list(declared.keys)
         if keys:
