@@ -173,7 +173,7 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def start_server(data: Path, redis: str) -> tuple[subprocess.Popen[str], str, str]:
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "flows.cli", "serve", "--data", str(data)),
+            *(sys.executable, "-m", "flows.cli", "serve", "--data", str(data), "--app", "bank"),
             *("--port", "0", "--metrics-port", "0", "--redis", redis),
         ],
         stdout=subprocess.PIPE,

@@ -179,7 +179,7 @@ def test_a_server_reports_its_queries_and_its_pool(tmp_path: Path) -> None:
     write_log(data, bank_events(8, accounts=20, events=3000))
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "flows.cli", "serve", "--data", str(data)),
+            *(sys.executable, "-m", "flows.cli", "serve", "--data", str(data), "--app", "bank"),
             *("--port", "0", "--metrics-port", "0"),
         ],
         stdout=subprocess.PIPE,

@@ -241,7 +241,18 @@ def test_a_storm_of_concurrent_queries_is_served_by_a_bounded_pool_and_leaks_not
 def test_cqrsflow_serve_interrupts_a_query_after_its_query_timeout(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_log(data, bank_events(3, accounts=30, events=3000))
-    argv = [sys.executable, "-m", "flows.cli", "serve", "--data", str(data), "--port", "0"]
+    argv = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "serve",
+        "--data",
+        str(data),
+        "--app",
+        "bank",
+        "--port",
+        "0",
+    ]
     refused = subprocess.run(
         [*argv, "--query-timeout", "0"], capture_output=True, text=True, cwd=ROOT, check=False
     )

@@ -37,7 +37,7 @@ def server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     write_log(data, bank_events(3, accounts=30, events=3000))
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "flows.cli", "serve", "--data", str(data)),
+            *(sys.executable, "-m", "flows.cli", "serve", "--data", str(data), "--app", "bank"),
             *("--port", "0", "--metrics-port", "0"),
         ],
         stdout=subprocess.PIPE,
@@ -131,11 +131,11 @@ def test_the_server_refuses_writes_and_requests_without_the_token(
 
 def test_a_local_query_says_who_holds_the_views(server: tuple[Path, str]) -> None:
     data, _ = server
-    done = cqrsflow("query", "--data", str(data), "SELECT 1 AS one")
+    done = cqrsflow("query", "--data", str(data), "--app", "bank", "SELECT 1 AS one")
     assert done.returncode == 1
     assert "in use by another process" in done.stderr and "--connect" in done.stderr
     # the lag is still known, from what the server's follower published
-    listed = cqrsflow("projections", "list", "--data", str(data))
+    listed = cqrsflow("projections", "list", "--data", str(data), "--app", "bank")
     assert listed.returncode == 0, listed.stderr
     assert "maintained by another process" in listed.stdout
     assert "of the log's 3,000 events (0 behind)" in listed.stdout
@@ -147,7 +147,7 @@ def test_a_rebuild_asked_of_a_busy_data_directory_is_built_by_the_server_and_swa
     data, url = server
     sql = "SELECT aggregate_id, count(*) FILTER (WHERE event_type = 'Deposited') AS d FROM events WHERE aggregate_id = 'acct-0002' GROUP BY aggregate_id"
     before = cqrsflow("query", "--connect", url, "--format", "json", sql, CQRSFLOW_TOKEN=TOKEN)
-    asked = cqrsflow("projections", "rebuild", "balances", "--data", str(data))
+    asked = cqrsflow("projections", "rebuild", "balances", "--data", str(data), "--app", "bank")
     assert asked.returncode == 0 and "asked the process" in asked.stdout, asked.stderr
     deadline = time.monotonic() + 120
     explained = ""
@@ -166,7 +166,7 @@ def serve_until_ready(data: Path, *flags: str) -> tuple[subprocess.Popen[str], s
     the line that said so."""
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "flows.cli", "serve", "--data", str(data)),
+            *(sys.executable, "-m", "flows.cli", "serve", "--data", str(data), "--app", "bank"),
             *("--port", "0", "--metrics-port", "-1", *flags),
         ],
         stdout=subprocess.PIPE,
@@ -207,5 +207,5 @@ def test_a_restarted_server_warms_the_query_shapes_it_was_asked_most(tmp_path: P
     proc, _, said = serve_until_ready(data, "--warm-queries", "5")
     stop(proc)
     assert "warmed 2 query shape(s)" in said
-    refused = cqrsflow("serve", "--data", str(data), "--warm-queries", "-1")
+    refused = cqrsflow("serve", "--data", str(data), "--app", "bank", "--warm-queries", "-1")
     assert refused.returncode == 2 and "--warm-queries -1: expected a count >= 0" in refused.stderr

@@ -273,7 +273,7 @@ def test_projections_commands_list_and_rebuild(tmp_path: Path) -> None:
 
     def cqrsflow(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "flows.cli", "projections", *args, "--data", str(tmp_path)],
+            [sys.executable, "-m", "flows.cli", "projections", *args, "--data", str(tmp_path), "--app", "bank"],
             capture_output=True, text=True, check=False, cwd=ROOT, timeout=120,
         )  # fmt: skip
 

@@ -67,10 +67,13 @@ def say(console: Console) -> Callable[[str], None]:
     return lambda message: console.print(message, style="dim", highlight=False)
 
 
-def _bank() -> Any:
-    from flows.bank import ACCOUNT
-
-    return ACCOUNT
+APP_HELP = "the application: MODULE:ATTR, path/to/file.py:ATTR, or an example (bank, shop)"
 
 
-DOMAINS = {"bank": _bank}
+def app_flag(parser: argparse.ArgumentParser) -> None:
+    """``--app APP``: which application; without it, the one the data directory records."""
+    parser.add_argument(
+        "--app",
+        metavar="APP",
+        help=f"{APP_HELP}; default: the one recorded in the data directory by `cqrsflow run`",
+    )

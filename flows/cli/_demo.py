@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows._workload import bank_commands, encoder
-from flows.bank import ACCOUNT, VIEWS
+from flows.bank import ACCOUNT, APP
 from flows.cli._common import (
     Subparsers,
     Terminal,
@@ -45,14 +45,14 @@ def _plain(value: object) -> object:
 
 def _views_and_queries(data: Path, console: Console) -> None:
     reader = LogReader.open(data)
-    projections = Projections.open(data, VIEWS, ACCOUNT.layout(), reader=reader)
+    projections = Projections.open(data, APP.views, APP.layout(), reader=reader)
     try:
         started = time.perf_counter()
         projections.catch_up(reader)
         seconds = time.perf_counter() - started
         events = sum(reader.watermarks().values())
         console.print(
-            f"6. {events:,} events applied to the views ({', '.join(v.name for v in VIEWS)}) "
+            f"6. {events:,} events applied to the views ({', '.join(v.name for v in APP.views)}) "
             f"in DuckDB in {seconds:.2f} s, in one transaction with their checkpoints",
             highlight=False,
         )
@@ -79,6 +79,7 @@ def run_demo(data: Path, commands: int, console: Console, *, keep: bool) -> int:
     import polars as pl
 
     from flows._flow import FlowConfig, RunOptions, new_results, prepare, run_process
+    from flows._load import claim
 
     console.rule("cqrsflow demo: a bank")
     accounts = max(commands // 20, 1)
@@ -93,10 +94,11 @@ def run_demo(data: Path, commands: int, console: Console, *, keep: bool) -> int:
         highlight=False,
     )
 
+    claim(data, APP, "bank")  # later commands on this directory need no --app
     before = prepare(data, str(workload))
     started = time.perf_counter()
     options = RunOptions(str(workload), "jsonl", FlowConfig(data))
-    run_process(ACCOUNT, options)
+    run_process(APP, options)
     seconds = time.perf_counter() - started
     results = new_results(data, before)
     counts = Counter(r.status for r in results)
@@ -129,7 +131,7 @@ def run_demo(data: Path, commands: int, console: Console, *, keep: bool) -> int:
         highlight=False,
     )
 
-    reader = LogReader.open(data, ACCOUNT.layout())
+    reader = LogReader.open(data, APP.layout())
     busiest = Counter(r.aggregate_id for r in results if r.status == "accepted").most_common(1)
     if busiest and busiest[0][0] is not None:
         account = busiest[0][0]

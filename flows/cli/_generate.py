@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
-from flows.cli._common import DOMAINS, EXIT_OK, Subparsers, Terminal, UsageError
+from flows.cli._common import EXIT_OK, Subparsers, Terminal, UsageError
+
+EXAMPLES = ("bank", "shop")
 
 
 def add_parser(sub: Subparsers) -> None:
     gen = sub.add_parser(
         "generate",
         help="write a reproducible workload of commands",
-        description="Write a realistic, reproducible command workload: accounts opened on "
-        "first use, deposits and withdrawals, some commands that must be rejected, and at "
-        "--invalid-rate some malformed records.",
+        description="Write a realistic, reproducible command workload for an example "
+        "application: for the bank, accounts opened on first use, deposits and withdrawals; "
+        "for the shop, products, orders of several lines, their reservations, payments, "
+        "shipments and cancellations. Some commands must be rejected, and at --invalid-rate "
+        "some records are malformed.",
     )
-    gen.add_argument("domain", choices=DOMAINS, help="the example domain")
+    gen.add_argument("example", choices=EXAMPLES, help="the example application")
     gen.add_argument("--commands", type=int, required=True, help="how many commands")
-    gen.add_argument("--accounts", type=int, required=True, help="how many distinct accounts")
+    gen.add_argument(
+        "--aggregates",
+        "--accounts",
+        "--products",
+        dest="aggregates",
+        type=int,
+        required=True,
+        help="how many distinct accounts (bank) or products (shop)",
+    )
     gen.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     gen.add_argument(
         "--invalid-rate", type=float, default=0.0, help="share of malformed records, 0 to 1"
@@ -31,15 +44,20 @@ def add_parser(sub: Subparsers) -> None:
 
 def command(args: argparse.Namespace, term: Terminal) -> int:
     from flows._progress import progress_bar
-    from flows._workload import bank_commands, encoder
+    from flows._workload import bank_commands, encoder, shop_commands
 
-    if args.commands < 0 or args.accounts < 1:
-        raise UsageError("--commands must be >= 0 and --accounts >= 1")
+    if args.commands < 0 or args.aggregates < 1:
+        raise UsageError(
+            f"--commands {args.commands} --aggregates {args.aggregates}: expected commands "
+            ">= 0 and aggregates >= 1"
+        )
     if not 0 <= args.invalid_rate <= 1:
         raise UsageError(f"--invalid-rate {args.invalid_rate}: expected a share from 0 to 1")
     encode = encoder(args.format)
-    records = bank_commands(
-        args.commands, args.accounts, seed=args.seed, invalid_rate=args.invalid_rate
+    workload = bank_commands if args.example == "bank" else shop_commands
+    records = itertools.islice(
+        workload(args.commands, args.aggregates, seed=args.seed, invalid_rate=args.invalid_rate),
+        args.commands,
     )
     out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
     try:

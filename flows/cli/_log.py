@@ -13,6 +13,8 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
+from flows._app import App
+from flows._load import app_for, recorded_app
 from flows.cli._common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -112,8 +114,10 @@ def _jsonable(value: object) -> object:
     return str(value)
 
 
-def log_tail(data: Path, console: Console, *, last: int, follow: bool) -> int:
-    reader = LogReader.open(data)
+def log_tail(data: Path, app: App | None, *, last: int, follow: bool) -> int:
+    """The latest events, read as `app`'s classes read them (renamed types, added
+    fields' defaults, upcasters), or as stored without an application."""
+    reader = LogReader.open(data, None if app is None else app.layout())
     marks = reader.watermarks()
     start = {p: max(0, end - last) for p, end in marks.items()}
     for batch in reader.read_all(start):
@@ -144,6 +148,12 @@ def add_parser(sub: Subparsers) -> None:
     )
     for p in (stats, verify, tail):
         p.add_argument("--data", type=Path, required=True, help="the data directory")
+    tail.add_argument(
+        "--app",
+        metavar="APP",
+        help="read the events as this application's classes read them (default: the one "
+        "recorded in the data directory, if any; else as stored)",
+    )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     tail.add_argument("-n", type=int, default=10, help="how many of the latest events (default 10)")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
@@ -156,4 +166,7 @@ def command(args: argparse.Namespace, term: Terminal) -> int:
         return log_stats(args.data, term.out, as_json=args.json)
     if args.log_command == "verify":
         return log_verify(args.data, term.out)
-    return log_tail(args.data, term.out, last=args.n, follow=args.follow)
+    app = None
+    if args.app is not None or recorded_app(args.data) is not None:
+        app = app_for(args.data, args.app)
+    return log_tail(args.data, app, last=args.n, follow=args.follow)

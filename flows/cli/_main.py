@@ -18,6 +18,7 @@ from flows.cli import (
     _bench,
     _demo,
     _generate,
+    _init,
     _log,
     _projections,
     _query,
@@ -30,7 +31,7 @@ from queries import QueryError, QueryRefused
 from store import DataDirError, StoreError
 
 # In the order `--help` lists them.
-SUBCOMMANDS = (_demo, _generate, _run, _query, _serve, _projections, _log, _bench, _top)
+SUBCOMMANDS = (_demo, _init, _generate, _run, _query, _serve, _projections, _log, _bench, _top)
 
 
 def parser() -> argparse.ArgumentParser:

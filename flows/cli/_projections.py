@@ -16,11 +16,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from flows._app import App
+from flows._load import app_for
 from flows._progress import progress_bar
 from flows.cli._common import (
-    DOMAINS,
     Subparsers,
     Terminal,
+    app_flag,
     require_log,
 )
 from queries import (
@@ -32,29 +34,19 @@ from queries import (
     read_watermark,
     request_rebuild,
 )
-from store import DataDir, Layout, LogReader
-
-Declared = View | PythonProjection
+from store import DataDir, LogReader
 
 
-def domain_views(domain: str) -> tuple[tuple[Declared, ...], Layout]:
-    """A domain's views, and the layout of its events (for a log with none yet)."""
-    if domain == "bank":
-        from flows.bank import VIEWS, layout
-
-        return VIEWS, layout()
-    raise KeyError(domain)
+def _open(data: Path, app: App) -> tuple[Projections, LogReader]:
+    # Read as the application's classes read the log: old events renamed, defaulted
+    # and upcast, as the views' SQL expects them.
+    reader = LogReader.open(data, app.layout())
+    return Projections.open(data, app.views, app.layout(), reader=reader), reader
 
 
-def _open(data: Path, domain: str) -> tuple[Projections, LogReader]:
-    views, layout = domain_views(domain)
-    reader = LogReader.open(data)
-    return Projections.open(data, views, layout, reader=reader), reader
-
-
-def projections_list(data: Path, domain: str, console: Console) -> int:
+def projections_list(data: Path, app: App, console: Console) -> int:
     try:
-        projections, reader = _open(data, domain)
+        projections, reader = _open(data, app)
     except ProjectionsBusy as busy:
         return _list_from_watermark(data, busy, console)
     try:
@@ -102,13 +94,13 @@ def _list_from_watermark(data: Path, busy: ProjectionsBusy, console: Console) ->
     return 0
 
 
-def projections_rebuild(data: Path, domain: str, name: str | None, console: Console) -> int:
+def projections_rebuild(data: Path, app: App, name: str | None, console: Console) -> int:
     try:
-        projections, reader = _open(data, domain)
+        projections, reader = _open(data, app)
     except ProjectionsBusy:
         # A running flow or server maintains the views: it builds them beside the live
         # versions and swaps them in when caught up.
-        names = [name] if name else [v.name for v in domain_views(domain)[0]]
+        names = [name] if name else [v.name for v in app.views]
         for n in names:
             request_rebuild(data, n)
         console.print(
@@ -134,7 +126,7 @@ def projections_rebuild(data: Path, domain: str, name: str | None, console: Cons
     return 0
 
 
-def projections_follow(data: Path, domain: str, console: Console, max_events: int) -> int:
+def projections_follow(data: Path, spec: str | None, console: Console, max_events: int) -> int:
     """Follow the log until stdin closes (the parent run ended), then catch up and stop."""
     stop = threading.Event()
 
@@ -148,7 +140,7 @@ def projections_follow(data: Path, domain: str, console: Console, max_events: in
         if stop.wait(0.05):
             return 0
     try:
-        projections, reader = _open(data, domain)
+        projections, reader = _open(data, app_for(data, spec))
     except ProjectionsBusy as err:
         console.print(f"views not maintained by this run: {err}", highlight=False)
         # Leave once the run closes the pipe: exiting with the reader thread still in
@@ -162,11 +154,11 @@ def projections_follow(data: Path, domain: str, console: Console, max_events: in
     return 0
 
 
-def start_follower(data: Path, domain: str) -> subprocess.Popen[bytes]:
+def start_follower(data: Path, spec: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "flows.cli", "projections", "follow"),
-            *("--data", str(data), "--domain", domain),
+            *("--data", str(data), "--app", spec),
         ],
         stdin=subprocess.PIPE,
     )
@@ -183,7 +175,7 @@ def add_parser(sub: Subparsers) -> None:
     proj = sub.add_parser(
         "projections",
         help="list, rebuild or follow the materialized views",
-        description="The domain's materialized views in DIR/projections.duckdb: list them "
+        description="The application's materialized views in DIR/projections.duckdb: list them "
         "with their size and lag, rebuild one (or all) from the log beside the live version "
         "and swap it in, or follow the log to keep them current (what `run` starts).",
     )
@@ -196,7 +188,7 @@ def add_parser(sub: Subparsers) -> None:
     )
     for p in (proj_list, rebuild, proj_follow):
         p.add_argument("--data", type=Path, required=True, help="the data directory")
-        p.add_argument("--domain", choices=DOMAINS, default="bank", help="default: bank")
+        app_flag(p)
     proj_follow.add_argument(
         "--max-events",
         type=int,
@@ -209,8 +201,9 @@ def add_parser(sub: Subparsers) -> None:
 def command(args: argparse.Namespace, term: Terminal) -> int:
     if args.projections_command != "follow":
         require_log(args.data)
+    if args.projections_command == "follow":
+        return projections_follow(args.data, args.app, term.out, args.max_events)
+    app = app_for(args.data, args.app)
     if args.projections_command == "list":
-        return projections_list(args.data, args.domain, term.out)
-    if args.projections_command == "rebuild":
-        return projections_rebuild(args.data, args.domain, args.name, term.out)
-    return projections_follow(args.data, args.domain, term.out, args.max_events)
+        return projections_list(args.data, app, term.out)
+    return projections_rebuild(args.data, app, args.name, term.out)

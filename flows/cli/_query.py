@@ -22,16 +22,17 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
+from flows._app import App
+from flows._load import app_for
 from flows._progress import progress_bar
 from flows.cli._common import (
-    DOMAINS,
     EXIT_OK,
     Subparsers,
     Terminal,
     UsageError,
+    app_flag,
     require_log,
 )
-from flows.cli._projections import domain_views
 from queries import (
     CacheConfig,
     FlightQueryClient,
@@ -59,7 +60,7 @@ class Caching:
 @contextmanager
 def local_layer(
     data: Path,
-    domain: str,
+    app: App,
     console: Console | None = None,
     caching: Caching | None = None,
     query_timeout: float = QUERY_TIMEOUT,
@@ -67,9 +68,8 @@ def local_layer(
     """A query layer over DIR, its views brought up to the log first; with `caching`
     (a server), configured by it and keeping DIR/query-shapes.json. A query running
     longer than `query_timeout` seconds is interrupted."""
-    views, layout = domain_views(domain)
-    reader = LogReader.open(data)
-    projections = Projections.open(data, views, layout, reader=reader)
+    reader = LogReader.open(data, app.layout())  # old events read as today's classes
+    projections = Projections.open(data, app.views, app.layout(), reader=reader)
     try:
         behind = max((lag.events for lag in projections.lag(reader).values()), default=0)
         with progress_bar(console or Console(stderr=True), "events") as bar:
@@ -102,7 +102,7 @@ def run_query(
     data: Path | None,
     connect: str | None,
     token: str | None,
-    domain: str,
+    app: str | None,
     explain: bool,
     after: Mapping[int, int] | None,
     timeout: float | None,
@@ -111,7 +111,7 @@ def run_query(
         with FlightQueryClient(connect, token=token) as client:
             return client.query(sql, after=after, explain=explain, timeout=timeout)
     assert data is not None
-    with local_layer(data, domain) as layer:
+    with local_layer(data, app_for(data, app)) as layer:
         return layer.run(sql, after=after, explain=explain, timeout=timeout)
 
 
@@ -192,7 +192,7 @@ def add_parser(sub: Subparsers) -> None:
     query.add_argument("--timeout", type=float, help="seconds to wait for --after (default 10)")
     query.add_argument("--format", choices=["table", "csv", "json"], default="table")
     query.add_argument("--token", help="the server's token (default: $CQRSFLOW_TOKEN)")
-    query.add_argument("--domain", choices=DOMAINS, default="bank", help="default: bank")
+    app_flag(query)
     query.set_defaults(handler=command)
 
 
@@ -208,7 +208,7 @@ def command(args: argparse.Namespace, term: Terminal) -> int:
         data=args.data,
         connect=args.connect,
         token=args.token or os.environ.get("CQRSFLOW_TOKEN"),
-        domain=args.domain,
+        app=args.app,
         explain=args.explain,
         after=after,
         timeout=args.timeout,

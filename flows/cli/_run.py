@@ -1,4 +1,4 @@
-"""`cqrsflow run`: a domain's command flow over a file, a directory or stdin, with its
+"""`cqrsflow run`: an application's command flow over a file, a directory or stdin, with its
 endpoints, its progress and the follower process that keeps the views current."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rich.console import Console
 
 from flows._progress import answered_progress, count_records
 from flows.cli._common import (
-    DOMAINS,
+    APP_HELP,
     EXIT_FAILURE,
     EXIT_OK,
     Subparsers,
@@ -33,12 +33,12 @@ from store import DataDir, Fsync, LogReader, check_writable, log_partitions
 def add_parser(sub: Subparsers) -> None:
     run = sub.add_parser(
         "run",
-        help="run a domain's command flow over a file, a directory or stdin",
+        help="run an application's command flow over a file, a directory or stdin",
         description="Decide every command, append the events to the log in DIR, and write a "
         "result per command to DIR/results (invalid records also to DIR/dead-letter). Run "
         "again on the same input after a crash: it resumes, and duplicates nothing.",
     )
-    run.add_argument("domain", choices=DOMAINS, help="the domain whose commands these are")
+    run.add_argument("app", metavar="APP", help=APP_HELP)
     run.add_argument("--commands", required=True, help="a .jsonl/.msgpack file, a directory, or -")
     run.add_argument("--data", type=Path, required=True, help="the data directory")
     run.add_argument("--format", choices=["jsonl", "msgpack"], help="default: from the file name")
@@ -101,6 +101,7 @@ def command(args: argparse.Namespace, term: Terminal) -> int:
         recovery_dir,
         run_process,
     )
+    from flows._load import claim, load_app
 
     if args.commands != "-" and not Path(args.commands).exists():
         raise UsageError(f"--commands {args.commands}: no such file or directory")
@@ -129,10 +130,14 @@ def command(args: argparse.Namespace, term: Terminal) -> int:
         process_id=args.process_id,
         addresses=args.addresses.split(";") if args.addresses else None,
     )
+    app = load_app(args.app)
     if args.process_id is not None:  # a child of a cluster run
-        run_process(DOMAINS[args.domain](), options)
+        run_process(app, options)
         return EXIT_OK
     check_writable(args.data)  # another writer: say so now, not from inside a worker
+    # Another application's directory, or old events these classes cannot read: refused
+    # before a worker starts, in one line.
+    claim(args.data, app, args.app)
     started = time.perf_counter()
     # A run of an input whose checkpoints exist resumes it; a shard may then find events
     # of that input in the log from before its first checkpoint (see FlowConfig).
@@ -153,11 +158,11 @@ def command(args: argparse.Namespace, term: Terminal) -> int:
             ready, args.metrics_host, args.metrics_port, registry, say(term.out)
         )
     # One follower maintains the views however many processes write the log.
-    follower = start_follower(args.data, args.domain)
+    follower = start_follower(args.data, args.app)
     total = None if args.commands == "-" else count_records(Path(args.commands))
     try:
         with answered_progress(term.out, registry, total):
-            _run_flow(args, term.argv, options, child_env)
+            _run_flow(app, args, term.argv, options, child_env)
         seconds = time.perf_counter() - started
     except _ClusterFailed:
         return EXIT_FAILURE
@@ -177,6 +182,7 @@ class _ClusterFailed(Exception):
 
 
 def _run_flow(
+    app: Any,
     args: argparse.Namespace,
     argv: Sequence[str] | None,
     options: Any,
@@ -189,7 +195,7 @@ def _run_flow(
         if run_cluster(argv, args.processes, child_env):
             raise _ClusterFailed
     else:
-        run_process(DOMAINS[args.domain](), options)
+        run_process(app, options)
 
 
 def summarize(data_dir: Path, before: dict[Path, int], seconds: float, console: Console) -> None:

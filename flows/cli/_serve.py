@@ -18,11 +18,13 @@ from types import FrameType
 
 from rich.console import Console
 
+from flows._app import App
+from flows._load import app_for
 from flows.cli._common import (
-    DOMAINS,
     Subparsers,
     Terminal,
     UsageError,
+    app_flag,
     endpoint_flags,
     require_log,
 )
@@ -34,7 +36,7 @@ from queries import FlightQueryServer, follow
 
 def serve(
     data: Path,
-    domain: str,
+    app: App,
     host: str,
     port: int,
     token: str | None,
@@ -48,7 +50,7 @@ def serve(
     metrics and health on `endpoint` (host, port, views' allowed lag; port -1: none);
     interrupt a query after `query_timeout` seconds."""
     caching = caching or Caching()
-    with local_layer(data, domain, caching=caching, query_timeout=query_timeout) as layer:
+    with local_layer(data, app, caching=caching, query_timeout=query_timeout) as layer:
         endpoints = None
         metrics_host, metrics_port, ready_lag = endpoint
         if metrics_port >= 0:
@@ -112,7 +114,7 @@ def add_parser(sub: Subparsers) -> None:
     serve.add_argument("--port", type=int, default=8815, help="default 8815 (0: any free port)")
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
     serve.add_argument("--token", help="require this token (default: $CQRSFLOW_TOKEN)")
-    serve.add_argument("--domain", choices=DOMAINS, default="bank", help="default: bank")
+    app_flag(serve)
     serve.add_argument(
         "--query-timeout",
         type=float,
@@ -155,5 +157,6 @@ def command(args: argparse.Namespace, term: Terminal) -> int:
         raise UsageError(f"--query-timeout {args.query_timeout}: expected seconds > 0")
     caching = Caching(args.redis, args.cache_policy, args.warm_queries)
     timeout = args.query_timeout
-    server = (args.data, args.domain, args.host, args.port, token, term.out, endpoint)
+    app = app_for(args.data, args.app)
+    server = (args.data, app, args.host, args.port, token, term.out, endpoint)
     return serve(*server, caching, query_timeout=timeout)
