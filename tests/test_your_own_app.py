@@ -220,3 +220,36 @@ def test_another_application_is_refused_on_a_data_directory(tmp_path: Path) -> N
         }
     assert "balances" not in names and {"stock", "orders"} <= names
     assert statuses(tmp_path / "d").count("accepted") > 0
+
+
+def test_bytewax_run_runs_the_application_named_by_cqrsflow_app(tmp_path: Path) -> None:
+    ok(cqrsflow(tmp_path, "init", "helpdesk"))
+    home = tmp_path / "helpdesk"
+    env = {
+        **os.environ,
+        "CQRSFLOW_APP": "app.py:APP",
+        "CQRSFLOW_COMMANDS": "commands.jsonl",
+        "CQRSFLOW_DATA": "data",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "flows:flow"],
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(statuses(home / "data")) == ["accepted"] * 4 + ["invalid", "rejected"]
+    assert json.loads((home / "data" / "app.json").read_text())["name"] == "helpdesk"
+    unset = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "flows:flow"],
+        env={k: v for k, v in env.items() if k != "CQRSFLOW_APP"},
+        cwd=home,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert unset.returncode != 0 and "set CQRSFLOW_APP" in unset.stderr
