@@ -40,10 +40,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flows._app import App
 from flows._domain import Aggregate
 from flows._flow import new_results, results_written
+from flows._load import load_app, recorded_app
 from flows._workload import bank_commands, encoder
-from flows.bank import ACCOUNT, VIEWS, Account
+from flows.bank import ACCOUNT, APP, VIEWS
 from queries import (
     Declared,
     FlightQueryClient,
@@ -93,11 +95,15 @@ class DataDir(Generic[S]):
     a flow or a server holds it. `close` lets go of it; the log stays readable.
     """
 
-    def __init__(self, path: Path, aggregate: Aggregate[S], views: Sequence[Declared]) -> None:
+    def __init__(
+        self, path: Path, app: App, aggregate: Aggregate[S], views: Sequence[Declared]
+    ) -> None:
         self.path = path
-        self.aggregate = aggregate
+        self.app = app
+        self.aggregate = aggregate  # the one `state` and `history` fold by default
         self.views = tuple(views)
-        self.layout = aggregate.layout()
+        # The application's layout: old events are read renamed, defaulted and upcast.
+        self.layout = app.layout()
         self.reader = LogReader.open(path, self.layout)  # takes no lock: never writes
         self._con: duckdb.DuckDBPyConnection | None = None
         self._projections: Projections | None = None
@@ -218,37 +224,50 @@ class DataDir(Generic[S]):
 
     # -- aggregates ----------------------------------------------------------------
 
-    def events(self, aggregate_id: str) -> list[RecordedEvent]:
-        """One aggregate's events, in version order, read through the log's index."""
-        events = self.reader.decode(self.reader.read_stream(aggregate_id))
+    def _aggregate(self, aggregate_type: str | None) -> Aggregate[Any]:
+        return self.aggregate if aggregate_type is None else self.app.aggregate(aggregate_type)
+
+    def events(self, aggregate_id: str, aggregate_type: str | None = None) -> list[RecordedEvent]:
+        """One aggregate's events, in version order, read through the log's index
+        (of `aggregate_type`, by default the directory's aggregate type)."""
+        kind = self._aggregate(aggregate_type).name
+        stream = self.reader.read_stream(aggregate_id, aggregate_type=kind)
+        events = self.reader.decode(stream)
         if not events:
             raise KeyError(f"{aggregate_id!r}: no events in the log of {self.path}")
         return events
 
     def state(
-        self, aggregate_id: str, *, version: int | None = None, at: Moment | None = None
-    ) -> S:
+        self,
+        aggregate_id: str,
+        *,
+        version: int | None = None,
+        at: Moment | None = None,
+        aggregate_type: str | None = None,
+    ) -> Any:
         """The aggregate's state at `version` and/or as of the moment `at` (a datetime
         or µs since the epoch); with neither, its state now."""
-        events = self.events(aggregate_id)
+        aggregate = self._aggregate(aggregate_type)
+        events = self.events(aggregate_id, aggregate.name)
         if version is not None and version > events[-1].version:
             raise ValueError(
                 f"{aggregate_id!r} is at version {events[-1].version}; there is no {version}"
             )
         until = None if at is None else _micros(at)
-        return self.aggregate.fold(
+        return aggregate.fold(
             e.payload
             for e in events
             if (version is None or e.version <= version) and (until is None or e.timestamp <= until)
         )
 
-    def history(self, aggregate_id: str) -> pl.DataFrame:
+    def history(self, aggregate_id: str, aggregate_type: str | None = None) -> pl.DataFrame:
         """Each version of the aggregate: its event, when and where it was stored, and
         the state after it (a column per field of a dataclass or Struct state)."""
+        aggregate = self._aggregate(aggregate_type)
         rows: list[dict[str, Any]] = []
-        state = self.aggregate.initial
-        for e in self.events(aggregate_id):
-            state = self.aggregate.evolve(state, e.payload)
+        state = aggregate.initial
+        for e in self.events(aggregate_id, aggregate.name):
+            state = aggregate.evolve(state, e.payload)
             fields = msgspec.to_builtins(state)
             if not isinstance(fields, dict):
                 fields = {"state": fields}
@@ -294,19 +313,30 @@ class DataDir(Generic[S]):
 
 
 @overload
-def open_data(path: str | Path) -> DataDir[Account]: ...
+def open_data(path: str | Path) -> DataDir[Any]: ...
 @overload
 def open_data(
     path: str | Path, aggregate: Aggregate[S], views: Sequence[Declared] = ()
 ) -> DataDir[S]: ...
+@overload
+def open_data(path: str | Path, aggregate: App) -> DataDir[Any]: ...
 def open_data(
-    path: str | Path, aggregate: Aggregate[Any] | None = None, views: Sequence[Declared] = ()
+    path: str | Path,
+    aggregate: App | Aggregate[Any] | None = None,
+    views: Sequence[Declared] = (),
 ) -> DataDir[Any]:
-    """Open the data directory at `path` for reading: the bank's, or with `aggregate`
-    and `views`, your own domain's."""
+    """Open the data directory at `path` for reading: with an `App`, that application's
+    (its views; `state`, `events` and `history` take an `aggregate_type`, the first
+    aggregate type by default); with an `Aggregate` and `views`, that one's; with
+    neither, the application the directory records (`cqrsflow run` wrote it), else
+    the bank's."""
+    path = Path(path)
     if aggregate is None:
-        return DataDir(Path(path), ACCOUNT, VIEWS)
-    return DataDir(Path(path), aggregate, views)
+        recorded = recorded_app(path)
+        aggregate = APP if recorded is None else load_app(recorded.load)
+    if isinstance(aggregate, App):
+        return DataDir(path, aggregate, aggregate.aggregates[0], aggregate.views)
+    return DataDir(path, App.of(aggregate), aggregate, views)
 
 
 def _named(views: Sequence[Declared], name: str) -> View | None:

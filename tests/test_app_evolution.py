@@ -30,6 +30,7 @@ from flows import (
     Upcaster,
     command_flow,
 )
+from flows.notebook import open_data
 from queries import Projections, View, ViewDefinitionError
 from store import ArrowLog, LogConfig, LogReader, NewEvent
 
@@ -231,6 +232,11 @@ def test_a_renamed_event_type_is_read_under_its_new_name(tmp_path: Path) -> None
     # the old events count under the new name, in the views and in a rebuild
     expected = [("b1", 4, "cy", 2), ("b2", 1, "bob", 0)]
     assert views(v2, tmp_path) == expected == rebuilt(v2, tmp_path)
+    # and in a notebook
+    with open_data(tmp_path, v2) as notebook:
+        assert [e.event_type for e in notebook.events("b1")] == ["BookLent", "BookGivenBack"] * 2
+        assert notebook.state("b1", aggregate_type="Book") == Book("", 0, 2)
+        assert notebook.history("b1")["returns"].to_list() == [0, 1, 1, 2]
 
 
 def test_an_upcaster_reshapes_old_events(tmp_path: Path) -> None:
