@@ -12,8 +12,8 @@ it as ``MODULE:ATTR`` or ``path/to/file.py:ATTR`` (see `flows.load_app`).
 ...     owner: str
 >>> box = Aggregate("Box", None, lambda c, s: [Opened(c.owner)], lambda s, e: e, (Open,), (Opened,))
 >>> app = App("boxes", (box,))
->>> app.aggregate_of(Open).name, app.layout().aggregate_types
-('Box', ('Box',))
+>>> app.aggregate("Box") is box, app.layout().aggregate_types
+(True, ('Box',))
 >>> App("twice", (box, box))
 Traceback (most recent call last):
     ...
@@ -47,7 +47,6 @@ class App:
     views: tuple[Declared, ...] = ()
     renamed: Mapping[str, type] = field(default_factory=dict)
     upcasters: tuple[Upcaster, ...] = ()
-    _by_command: dict[type, Aggregate[Any]] = field(init=False, repr=False, compare=False)
     _layout: Layout = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -81,8 +80,6 @@ class App:
         except SchemaError as err:
             raise DomainError(f"{where}: {err}") from None
         object.__setattr__(self, "_layout", layout)
-        by_command = {c: a for a in self.aggregates for c in a.commands}
-        object.__setattr__(self, "_by_command", by_command)
 
     @classmethod
     def of(cls, aggregate: Aggregate[Any]) -> App:
@@ -92,9 +89,6 @@ class App:
     def layout(self) -> Layout:
         """The event log's columns for every event of every aggregate type."""
         return self._layout
-
-    def aggregate_of(self, command_type: type) -> Aggregate[Any]:
-        return self._by_command[command_type]
 
     def aggregate(self, name: str) -> Aggregate[Any]:
         """The aggregate type called `name`."""

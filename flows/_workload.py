@@ -138,6 +138,13 @@ def shop_commands(
             pending.append(steps)
 
 
+# The example applications' workloads, by the short name `cqrsflow generate` takes.
+WORKLOADS: dict[str, Callable[..., Iterator[dict[str, Any] | bytes]]] = {
+    "bank": bank_commands,
+    "shop": shop_commands,
+}
+
+
 def _malformed(rng: random.Random, command_id: str) -> dict[str, Any] | bytes:
     good = {
         "command_id": command_id,

@@ -27,9 +27,11 @@ application's own layout needs none (`conversion` returns None).
 >>> old = Layout.from_classes({"Book": [Lent]})
 >>> LentV2.__name__ = "Lent"
 >>> new = Layout.from_classes({"Book": [LentV2]})
+>>> from store import NewEvent
+>>> batch = old.encode([NewEvent("b-1", 1, Lent("dune"), bytes(16), "c1", 0)], 0)
 >>> plan = conversion(new, old, "segment 0")
->>> [(c.name, c.default) for c in plan.filled]
-[('days', 14)]
+>>> new.decode(new.to_read(plan.convert(batch)), 0)[0].payload
+LentV2(book='dune', days=14)
 """
 
 from __future__ import annotations
@@ -51,15 +53,6 @@ _CODES = {"aggregate_type": pa.int8(), "event_type": pa.int16()}
 
 
 @dataclass(frozen=True, slots=True)
-class Filled:
-    """A field an earlier version did not have, read as the class's default."""
-
-    name: str
-    column: str
-    default: Any
-
-
-@dataclass(frozen=True, slots=True)
 class _TypePlan:
     disk: EventType
     app: EventType
@@ -78,13 +71,6 @@ class Conversion:
         for code, plan in self._plans.items():
             code_map[code] = plan.app_code
         self._code_map = code_map
-        self.filled = tuple(
-            Filled(f.name, f.column, f.default)
-            for p in plans
-            if not p.upcast
-            for f in p.app.fields
-            if f.name not in {d.name for d in p.disk.fields}
-        )
 
     def disk_codes(self, app_names: Sequence[str]) -> list[int]:
         """The segment's codes of the event types the application calls `app_names`."""

@@ -153,10 +153,6 @@ class PartitionReader:
                 if seg.layout is not None:
                     self._reading(seg)
 
-    def read_layout(self, seg: SegmentReader) -> Layout:
-        """The layout `seg`'s batches are read as."""
-        return self._reading(seg)[0]
-
     def to_read(self, seg: SegmentReader, batch: pa.RecordBatch) -> pa.RecordBatch:
         """An on-disk batch of `seg` as readers see it: in the reader's classes' layout
         (converted from the segment's, if it differs), dictionary columns decoded."""

@@ -7,9 +7,8 @@ import itertools
 import sys
 from pathlib import Path
 
+from flows._workload import WORKLOADS
 from flows.cli._common import EXIT_OK, Subparsers, Terminal, UsageError
-
-EXAMPLES = ("bank", "shop")
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -22,7 +21,7 @@ def add_parser(sub: Subparsers) -> None:
         "shipments and cancellations. Some commands must be rejected, and at --invalid-rate "
         "some records are malformed.",
     )
-    gen.add_argument("example", choices=EXAMPLES, help="the example application")
+    gen.add_argument("example", choices=sorted(WORKLOADS), help="the example application")
     gen.add_argument("--commands", type=int, required=True, help="how many commands")
     gen.add_argument(
         "--aggregates",
@@ -44,7 +43,7 @@ def add_parser(sub: Subparsers) -> None:
 
 def command(args: argparse.Namespace, term: Terminal) -> int:
     from flows._progress import progress_bar
-    from flows._workload import bank_commands, encoder, shop_commands
+    from flows._workload import encoder
 
     if args.commands < 0 or args.aggregates < 1:
         raise UsageError(
@@ -54,9 +53,10 @@ def command(args: argparse.Namespace, term: Terminal) -> int:
     if not 0 <= args.invalid_rate <= 1:
         raise UsageError(f"--invalid-rate {args.invalid_rate}: expected a share from 0 to 1")
     encode = encoder(args.format)
-    workload = bank_commands if args.example == "bank" else shop_commands
     records = itertools.islice(
-        workload(args.commands, args.aggregates, seed=args.seed, invalid_rate=args.invalid_rate),
+        WORKLOADS[args.example](
+            args.commands, args.aggregates, seed=args.seed, invalid_rate=args.invalid_rate
+        ),
         args.commands,
     )
     out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
